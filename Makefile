@@ -1,0 +1,32 @@
+# Two entry points, as in the README: `make demo` (the main job on the embedded data) and `make test`.
+# Each creates .venv if missing and installs what it needs. TORCH_SPEC pins the wheels on this
+# project's machines; override it elsewhere (e.g. `make test TORCH_SPEC=torch`).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+RUN ?= runs/demo
+
+.PHONY: install test demo bench clean-nbs
+
+$(VENV)/.installed: settings.ini setup.py
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(BIN)/pytest -q tests
+	$(BIN)/nbdev_test --n_workers 2 --timing
+
+demo: $(VENV)/.installed
+	$(PY) -m cxr_notebooks.repro demo --out $(RUN)
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_cache.py
+
+clean-nbs: $(VENV)/.installed
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
