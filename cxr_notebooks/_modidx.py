@@ -14,4 +14,8 @@ d = { 'settings': { 'branch': 'main',
                                       'cxr_notebooks.labels.labels_to_multi_hot': ( 'labels.html#labels_to_multi_hot',
                                                                                     'cxr_notebooks/labels.py'),
                                       'cxr_notebooks.labels.parse_finding_labels': ( 'labels.html#parse_finding_labels',
-                                                                                     'cxr_notebooks/labels.py')}}}
+                                                                                     'cxr_notebooks/labels.py')},
+            'cxr_notebooks.metrics': { 'cxr_notebooks.metrics._check_scores': ('metrics.html#_check_scores', 'cxr_notebooks/metrics.py'),
+                                       'cxr_notebooks.metrics.macro_auroc': ('metrics.html#macro_auroc', 'cxr_notebooks/metrics.py'),
+                                       'cxr_notebooks.metrics.per_class_auroc': ( 'metrics.html#per_class_auroc',
+                                                                                  'cxr_notebooks/metrics.py')}}}
