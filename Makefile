@@ -23,7 +23,7 @@ test: $(VENV)/.installed
 	$(BIN)/nbdev_test --n_workers 2 --timing
 
 demo: $(VENV)/.installed
-	$(PY) -m cxr_notebooks.repro demo --out $(RUN)
+	$(BIN)/cxr-reproduce demo --out $(RUN)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_cache.py

@@ -1,0 +1,100 @@
+"""Contract tests for cxr_notebooks.cache.ImageCache: equality with read_image, invalidation, failure safety."""
+import os
+import pickle
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr_notebooks.cache import ImageCache
+from cxr_notebooks.core import CXRDataError
+from cxr_notebooks.datasets import CXRDataset, read_image
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        p = tmp_path / 'img' / f'{i:03d}.png'; p.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(p), cv2.GaussianBlur(rng.integers(0, 256, (96, 80), dtype=np.uint8), (5, 5), 0))
+        paths.append(p)
+    return paths
+
+
+def test_cached_pixels_equal_read_image(images, tmp_path):
+    c = ImageCache.build(images, 32, tmp_path / 'c', num_workers=2, progress=False)
+    assert len(c) == 6 and c.size == 32 and c.data.shape == (6, 32, 32) and c.data.dtype == np.uint8
+    for i, p in enumerate(images):
+        assert np.array_equal(c[i], read_image(p, 32)) and np.array_equal(c.get(p), read_image(p, 32))
+        assert c.stored_shape(i) == (96, 80)
+    assert c.index_of(str(images[2])) == 2 and c.index_of('nope.png') is None
+    with pytest.raises(CXRDataError, match='nope.png: not in the cache'):
+        c.get('nope.png')
+
+
+def test_reuse_and_invalidation(images, tmp_path):
+    d = tmp_path / 'c'
+    c = ImageCache.build(images, 32, d, progress=False)
+    assert ImageCache.build(images, 32, d, progress=False).data_path == c.data_path       # fresh: reused
+    assert ImageCache.open(d, 32, paths=images).data_path == c.data_path
+    shorter = ImageCache.build(images[:4], 32, d, progress=False)                         # list changed
+    assert shorter.data_path != c.data_path and len(shorter) == 4 and not c.data_path.exists()
+    reordered = images[:4][::-1]
+    with pytest.raises(CXRDataError, match='stale'):
+        ImageCache.open(d, 32, paths=reordered)
+    assert np.array_equal(ImageCache.build(reordered, 32, d, progress=False)[0], read_image(images[3], 32))
+    other = ImageCache.build(reordered, 16, d, progress=False)                              # size changed
+    assert other.size == 16 and other[0].shape == (16, 16) and ImageCache.open(d, 32).size == 32
+    # a file rewritten with new pixels (new mtime/size) makes the cache stale and is re-decoded
+    cv2.imwrite(str(images[0]), np.full((96, 80), 7, np.uint8)); os.utime(images[0], ns=(1, 1))
+    assert not ImageCache.open(d, 16).is_fresh(reordered)
+    assert (ImageCache.build(reordered, 16, d, progress=False)[3] == 7).all()
+
+
+def test_corrupt_image_leaves_no_cache(images, tmp_path):
+    bad = images[0].parent / 'bad.png'; bad.write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * 20)
+    d = tmp_path / 'c'
+    with pytest.raises(CXRDataError, match='bad.png: not a readable PNG/JPEG'):
+        ImageCache.build(images[:3] + [bad] + images[3:], 32, d, num_workers=2, progress=False)
+    assert list(d.iterdir()) == []
+    with pytest.raises(CXRDataError, match='no readable cache index'):
+        ImageCache.open(d, 32)
+
+
+def test_failed_rebuild_keeps_previous_cache_consistent(images, tmp_path):
+    d = tmp_path / 'c'
+    c = ImageCache.build(images, 32, d, progress=False)
+    with pytest.raises(CXRDataError, match='gone.png: image file not found'):
+        ImageCache.build(images + [tmp_path / 'gone.png'], 32, d, progress=False)
+    again = ImageCache.open(d, 32, paths=images)
+    assert again.data_path == c.data_path and sorted(f.name for f in d.iterdir()) == sorted([c.data_path.name, c.index_path.name])
+
+
+def test_missing_pixel_file_and_duplicates(images, tmp_path):
+    c = ImageCache.build(images, 32, tmp_path / 'c', progress=False)
+    c.data_path.unlink()
+    with pytest.raises(CXRDataError, match='pixel file .* is missing'):
+        ImageCache.open(tmp_path / 'c', 32)
+    assert len(ImageCache.build(images, 32, tmp_path / 'c', progress=False)) == 6   # rebuilt
+    with pytest.raises(CXRDataError, match='1 duplicate path'):
+        ImageCache.build(images + images[:1], 32, tmp_path / 'd', progress=False)
+
+
+def test_dataset_reads_from_cache(images, tmp_path):
+    c = ImageCache.build(images, 32, tmp_path / 'c', progress=False)
+    c = pickle.loads(pickle.dumps(c))   # as a loader worker receives it: the memmap reopens lazily
+    tab = pd.DataFrame({'image': [p.name for p in images], 'path': [str(p) for p in images], 'Mass': 1.0})
+    boxes = pd.DataFrame({'image': ['001.png'], 'label': ['Mass'], 'x_min': [8.0], 'y_min': [12.0], 'x_max': [40.0], 'y_max': [48.0]})
+    cached = CXRDataset(tab, ['Mass'], cache=c, boxes=boxes)
+    direct = CXRDataset(tab, ['Mass'], image_size=32, boxes=boxes)
+    assert cached.image_size == 32
+    for i in (0, 1, 5):
+        a, b = cached[i], direct[i]
+        assert np.array_equal(a['image'], b['image']) and np.allclose(a['boxes'], b['boxes'])
+    assert np.allclose(cached[1]['boxes'].tolist(), [[3.2, 4.0, 16.0, 16.0]])   # 80x96 stored -> 32x32
+    with pytest.raises(CXRDataError, match='image_size=64 but the cache holds 32x32'):
+        CXRDataset(tab, ['Mass'], cache=c, image_size=64)
+    with pytest.raises(CXRDataError, match=r'1 image\(s\) not in the cache'):
+        CXRDataset(pd.concat([tab, tab.assign(path='/x/other.png').head(1)]), ['Mass'], cache=c)
