@@ -88,6 +88,13 @@ def test_boxes_rescaled_and_filtered(table):
     assert s1['boxes'].shape == (0, 4) and s1['box_labels'].shape == (0,)
 
 
+def test_mask_files_0_1_and_0_255(table, tmp_path):
+    cv2.imwrite(str(tmp_path / 'm01.png'), (_film() > 100).astype(np.uint8))
+    m01 = CXRDataset(table.assign(mask_path=str(tmp_path / 'm01.png')), ['Mass'])[0]['mask']
+    m255 = CXRDataset(table.assign(mask_path=str(tmp_path / 'm.png')), ['Mass'])[0]['mask']
+    assert torch.equal(m01, m255) and m01.sum() == 20 * 20
+
+
 def test_mask_follows_image(table, tmp_path):
     t = table.assign(mask_path=str(tmp_path / 'm.png'))
     ds = CXRDataset(t, ['Mass'], boxes=BOXES, transform=v2.RandomHorizontalFlip(p=1.0))
@@ -123,6 +130,10 @@ def test_construction_errors(table, tmp_path):
         CXRDataset(table, ['Mass'], channels=2)
     with pytest.raises(CXRDataError, match=r'mask_path is empty in row\(s\) \[1\]'):
         CXRDataset(table.assign(mask_path=[str(tmp_path / 'm.png'), None]), ['Mass'])
+    with pytest.raises(CXRDataError, match=r"label column 'Mass' row 1 holds -1.0; expected 1.0/0.0 or NaN"):
+        CXRDataset(table.assign(Mass=[0.0, -1.0]), ['Mass'])
+    with pytest.raises(CXRDataError, match=r"label column 'Mass' row 0 holds 'yes'"):
+        CXRDataset(table.assign(Mass=['yes', '0']), ['Mass'])
     with pytest.raises(CXRDataError, match='expected a pandas DataFrame'):
         CXRDataset([1, 2], ['Mass'])
 

@@ -1,0 +1,253 @@
+"Contract tests for cxr_notebooks.train: exact resume, determinism, NaN handling, early stopping, accumulation."
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+import cxr_notebooks.train as train_mod
+from cxr_notebooks.core import seed_everything
+from cxr_notebooks.train import (Learner, NonFiniteLossError, atomic_save, create_optimizer, create_scheduler,
+                                 predict)
+
+torch.set_num_threads(1)
+COLS = ['epoch', 'train_loss', 'val_loss', 'val_auroc', 'lr']
+
+
+class Toy(Dataset):
+    "Dict samples: 1x6x6 noise with a bright pixel per positive label; `label_mask` zeros where asked."
+    def __init__(self, n, seed, masked=False):
+        g = torch.Generator().manual_seed(seed)
+        self.y = (torch.rand(n, 2, generator=g) < 0.5).float()
+        self.x = torch.randn(n, 1, 6, 6, generator=g)
+        self.x[:, 0, 1, 1] += 2 * self.y[:, 0]; self.x[:, 0, 4, 4] += 2 * self.y[:, 1]
+        self.m = torch.ones(n, 2)
+        if masked: self.m[::3, 1] = 0
+    def __len__(self): return len(self.y)
+    def __getitem__(self, i): return {'image': self.x[i], 'label': self.y[i], 'label_mask': self.m[i], 'index': i}
+
+
+def cnn():
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Dropout(0.2), nn.Linear(108, 2))
+
+
+def make(out_dir, opt='adam', sched='cosine', generator=False, init_seed=0, loss=None, **kw):
+    "A fresh model/loaders/optimizer/scheduler/Learner, everything rebuilt from scratch."
+    seed_everything(init_seed)
+    model = cnn()
+    gen = torch.Generator().manual_seed(5) if generator else None
+    tdl = DataLoader(Toy(40, 1), batch_size=8, shuffle=True, generator=gen)
+    vdl = DataLoader(Toy(24, 2), batch_size=12)
+    o = create_optimizer(opt, model, lr=1e-2)
+    return Learner(model, tdl, vdl, loss or nn.BCEWithLogitsLoss(), o, create_scheduler(sched, o, epochs=4),
+                   out_dir=out_dir, progress=False, **kw)
+
+
+def weights(learn):
+    return [t.clone() for t in learn.model.state_dict().values()]
+
+
+def same_weights(a, b):
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+class Killed(Exception): pass
+
+
+def killing_loss(at_call, loss=nn.BCEWithLogitsLoss(), value=None):
+    "A loss that raises `Killed` (or returns `value`, e.g. NaN) at its `at_call`-th training call."
+    calls = [0]
+    def f(logits, target):
+        if torch.is_grad_enabled():
+            calls[0] += 1
+            if calls[0] == at_call:
+                if value is None: raise Killed()
+                return loss(logits, target) * value
+        return loss(logits, target)
+    return f
+
+
+@pytest.mark.parametrize('opt,sched,generator,how', [
+    ('ranger', 'cosine', False, 'kill'), ('adam', 'plateau', True, 'kill'), ('sgd', 'step', False, 'fit2')])
+def test_resume_equals_uninterrupted(tmp_path, opt, sched, generator, how):
+    full = make(tmp_path / 'full', opt, sched, generator)
+    h_full = full.fit(4)
+    if how == 'kill':  # killed in the middle of epoch 3 (5 batches per epoch): last.pt is epoch 2's
+        with pytest.raises(Killed): make(tmp_path / 'cut', opt, sched, generator, loss=killing_loss(13)).fit(4)
+    else:
+        make(tmp_path / 'cut', opt, sched, generator).fit(2)
+    assert torch.load(tmp_path / 'cut' / 'last.pt', weights_only=True)['epoch'] == 2
+    assert len(pd.read_csv(tmp_path / 'cut' / 'history.csv')) == 2
+    resumed = make(tmp_path / 'cut', opt, sched, generator, init_seed=123)  # other init: weights must come from last.pt
+    h_res = resumed.fit(4, resume=True)
+    pd.testing.assert_frame_equal(h_res[COLS], h_full[COLS])
+    assert same_weights(weights(resumed), weights(full))
+    assert resumed.best_epoch == full.best_epoch
+    assert not list((tmp_path / 'cut').glob('*.tmp'))
+
+
+def test_determinism_and_files(tmp_path):
+    a, b = make(tmp_path / 'a'), make(tmp_path / 'b')
+    ha, hb = a.fit(3), b.fit(3)
+    pd.testing.assert_frame_equal(ha[COLS], hb[COLS])
+    assert same_weights(weights(a), weights(b))
+    assert ha.columns.tolist() == COLS + ['seconds'] and ha['epoch'].tolist() == [1, 2, 3]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / 'a' / 'history.csv')[COLS], ha[COLS], check_exact=False)
+    assert pd.read_json(tmp_path / 'a' / 'history.json')['epoch'].tolist() == [1, 2, 3]
+    ck = torch.load(tmp_path / 'a' / 'last.pt', weights_only=True)
+    assert {'model', 'optimizer', 'scheduler', 'scaler', 'epoch', 'history', 'best_metric', 'best_epoch',
+            'bad_epochs', 'rng'} <= set(ck)
+    best = torch.load(tmp_path / 'a' / 'best.pt', weights_only=True)
+    assert best['epoch'] == a.best_epoch == int(ha.loc[ha['val_auroc'].idxmax(), 'epoch'])
+    assert same_weights(list(best['model'].values()), weights(a))  # model selection: best weights loaded
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    make(tmp_path).fit(2)
+    files = {n: (tmp_path / n).read_bytes() for n in ('last.pt', 'best.pt', 'history.csv')}
+    bad = make(tmp_path, loss=killing_loss(2, value=float('nan')))
+    with pytest.raises(NonFiniteLossError, match=r'epoch 3, batch 1'):
+        bad.fit(4, resume=True)
+    assert {n: (tmp_path / n).read_bytes() for n in files} == files
+    inf = make(tmp_path / 'inf', loss=killing_loss(7, value=float('inf')))
+    with pytest.raises(NonFiniteLossError, match=r'epoch 2, batch 1'):
+        inf.fit(2)
+    assert torch.load(tmp_path / 'inf' / 'last.pt', weights_only=True)['epoch'] == 1
+
+
+def scripted(values):
+    it = iter(values)
+    return ('score', lambda y, p: next(it))
+
+
+def test_early_stopping_restores_best(tmp_path):
+    es = make(tmp_path / 'es', metric=scripted([0.5, 0.9, 0.8, 0.85, 0.95, 0.99]), early_stopping_patience=2)
+    h = es.fit(6)
+    assert h['epoch'].tolist() == [1, 2, 3, 4] and es.stopped_early and es.best_epoch == 2 and es.best_metric == 0.9
+    two = make(tmp_path / 'two', metric=scripted([0.5, 0.9]))
+    two.fit(2)  # the weights after epoch 2 of the same run
+    assert same_weights(weights(es), weights(two))
+    again = make(tmp_path / 'es', metric=scripted([]), early_stopping_patience=2)
+    assert len(again.fit(6, resume=True)) == 4  # a stopped run stays stopped
+    assert same_weights(weights(again), weights(two))
+
+
+def test_min_mode_and_val_loss_metric(tmp_path):
+    learn = make(tmp_path, metric=('val_loss', None), mode='min')
+    h = learn.fit(3)
+    assert (h['val_loss'] == h['val_loss']).all() and learn.best_epoch == int(h.loc[h['val_loss'].idxmin(), 'epoch'])
+
+
+def test_nan_metric_never_best(tmp_path):
+    learn = make(tmp_path, metric=scripted([0.5, float('nan'), 0.4]))
+    learn.fit(3)
+    assert learn.best_epoch == 1
+
+
+def linear_run(tmp_path, batch_size, accum, n=8, clip=None):
+    seed_everything(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 2))
+    w0 = [p.detach().clone() for p in model.parameters()]
+    dl = DataLoader(Toy(n, 1), batch_size=batch_size)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    steps = [0]; opt.register_step_post_hook(lambda *a: steps.__setitem__(0, steps[0] + 1))
+    Learner(model, dl, DataLoader(Toy(8, 2), batch_size=8), nn.BCEWithLogitsLoss(), opt, out_dir=tmp_path,
+            grad_accum_steps=accum, clip_grad_norm=clip, progress=False).fit(1)
+    return [p.detach() for p in model.parameters()], w0, steps[0]
+
+
+def test_grad_accumulation_matches_big_batch(tmp_path):
+    w_acc, w0, s_acc = linear_run(tmp_path / 'a', 4, 2)
+    w_big, _, s_big = linear_run(tmp_path / 'b', 8, 1)
+    assert s_acc == s_big == 1
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(w_acc, w_big))
+    assert not all(torch.equal(a, b) for a, b in zip(w_acc, w0))
+    _, _, s = linear_run(tmp_path / 'c', 4, 2, n=12)  # 3 batches: a step after 2 and one at the epoch end
+    assert s == 2
+
+
+def test_clip_grad_norm_bounds_the_step(tmp_path):
+    w, w0, _ = linear_run(tmp_path, 8, 1, clip=1e-3)  # SGD lr 0.5: the step norm is at most 0.5 * 1e-3
+    step = torch.cat([(a - b).flatten() for a, b in zip(w, w0)]).norm()
+    assert 0 < step <= 0.5e-3 * (1 + 1e-5)
+
+
+def masked_bce(logits, target, mask=None):
+    l = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction='none')
+    return l.mean() if mask is None else (l * mask).sum() / mask.sum()
+
+
+def test_label_mask_passed_or_clear_error(tmp_path):
+    seed_everything(0); model = cnn()
+    dl = DataLoader(Toy(12, 1, masked=True), batch_size=6)
+    opt = create_optimizer('adam', model, 1e-3)
+    with pytest.raises(TypeError, match='label_mask'):
+        Learner(model, dl, dl, nn.BCEWithLogitsLoss(), opt, out_dir=tmp_path / 'a', progress=False).fit(1)
+    seen = []
+    def spy(logits, target, mask=None):
+        seen.append(mask is not None); return masked_bce(logits, target, mask)
+    Learner(model, dl, dl, spy, opt, out_dir=tmp_path / 'b', progress=False).fit(1)
+    assert all(seen) and len(seen) == 4  # 2 train + 2 valid batches, every one with zeros in its mask
+    ok = DataLoader(Toy(12, 1), batch_size=6)  # all-ones mask: the 2-argument call
+    Learner(model, ok, ok, nn.BCEWithLogitsLoss(), opt, out_dir=tmp_path / 'c', progress=False).fit(1)
+
+
+def test_create_optimizer_names():
+    m = nn.Linear(3, 2)
+    r = create_optimizer('ranger', m, lr=1e-3, weight_decay=1e-4)
+    assert type(r).__name__ == 'Lookahead' and type(r._base_optimizer).__name__ == 'RAdam'
+    assert r.param_groups[0]['lr'] == 1e-3
+    assert isinstance(create_optimizer('AdamW', m, 1e-3), torch.optim.AdamW)
+    assert isinstance(create_optimizer('sgd', m, 1e-1), torch.optim.SGD)
+    with pytest.raises(ValueError, match='nosuch'): create_optimizer('nosuch', m, 1e-3)
+
+
+def test_create_scheduler():
+    opt = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=1.0)
+    p = create_scheduler('plateau', opt, 100)
+    assert (p.mode, p.factor, p.patience) == ('max', 0.1, 10)
+    assert create_scheduler('plateau', opt, 100, patience=3, mode='min').patience == 3
+    assert create_scheduler('cosine', opt, 9).T_max == 9 and create_scheduler('step', opt, 9).step_size == 3
+    assert create_scheduler(None, opt, 9) is None
+    with pytest.raises(ValueError, match="'onecycle'"): create_scheduler('onecycle', opt, 9)
+
+
+def test_predict_shapes():
+    seed_everything(0); model = cnn()
+    dl = DataLoader(Toy(10, 3), batch_size=4)
+    probs, labels = predict(model, dl)
+    assert probs.shape == labels.shape == (10, 2) and probs.dtype == np.float32
+    assert ((probs > 0) & (probs < 1)).all() and np.array_equal(labels, Toy(10, 3).y.numpy())
+    soft, _ = predict(model, dl, device='cpu', activation='softmax')
+    assert np.allclose(soft.sum(1), 1, atol=1e-6)
+    with pytest.raises(KeyError, match="'label'"): predict(model, [{'image': torch.zeros(2, 1, 6, 6)}])
+    with pytest.raises(ValueError, match='no batches'): predict(model, [])
+    with pytest.raises(ValueError, match='activation'): predict(model, dl, activation='relu')
+
+
+def test_atomic_save_survives_kill_mid_write(tmp_path, monkeypatch):
+    path = tmp_path / 'last.pt'
+    atomic_save({'epoch': 1}, path)
+    def dies(obj, f):
+        open(f, 'wb').write(b'half a checkpo'); raise KeyboardInterrupt
+    monkeypatch.setattr(train_mod.torch, 'save', dies)
+    with pytest.raises(KeyboardInterrupt): atomic_save({'epoch': 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {'epoch': 1}
+
+
+def test_bad_arguments(tmp_path):
+    model = cnn(); opt = create_optimizer('adam', model, 1e-3)
+    args = (model, [], [], nn.BCEWithLogitsLoss(), opt)
+    with pytest.raises(ValueError, match="mode='maximum'"): Learner(*args, mode='maximum', out_dir=tmp_path)
+    with pytest.raises(ValueError, match='grad_accum_steps=0'): Learner(*args, grad_accum_steps=0, out_dir=tmp_path)
+    with pytest.raises(ValueError, match="amp='fp8'"): Learner(*args, amp='fp8', out_dir=tmp_path)
+    with pytest.raises(ValueError, match='activation'): Learner(*args, activation='tanh', out_dir=tmp_path)
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys):
+    h = make(tmp_path / 'new').fit(1, resume=True)
+    assert len(h) == 1 and 'not found' in capsys.readouterr().out
