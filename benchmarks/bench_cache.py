@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxr_notebooks.cache import ImageCache
+from cxr_notebooks.data.cache import ImageCache
 from cxr_notebooks.core import embedded_data_dir
-from cxr_notebooks.datasets import CXRDataset, read_image
+from cxr_notebooks.data.datasets import CXRDataset, read_image
 
 WORK = Path(__file__).resolve().parent / '_work'
 

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 # %% auto #0
-__all__ = ['DATA_ENV_VAR', 'CXRDataError', 'require_columns', 'embedded_data_dir', 'seed_everything']
+__all__ = ['DATA_ENV_VAR', 'CXRDataError', 'require_columns', 'embedded_data_dir', 'Registry', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #04a0a293
 class CXRDataError(ValueError):
@@ -37,6 +37,45 @@ def embedded_data_dir() -> Path:
     raise FileNotFoundError(
         f"Embedded data not found in {', '.join(map(str, candidates))}: expected nih/subset.csv there. "
         f"Install from a clone of the repository (`pip install -e .`) or set {DATA_ENV_VAR} to its data/ folder.")
+
+# %% ../nbs/00_core.ipynb #43ebbb3d
+def _norm(name: str) -> str: return ''.join(ch for ch in str(name).lower() if ch.isalnum() or ch in '+*')
+
+class Registry:
+    "Named entries (factories, functions, specs) of one kind: `register` by decorator or call, `get` by name or alias."
+    def __init__(self, kind: str):
+        self.kind, self._entries, self._aliases = kind, {}, {}
+
+    def register(self, name: str, obj=None, aliases: Sequence[str] = ()):
+        "Add `obj` under `name` (and `aliases`); without `obj`, a decorator."
+        def add(o):
+            for n in (name, *aliases):
+                k = _norm(n)
+                if k in self._aliases and self._entries[self._aliases[k]] is not o:
+                    raise ValueError(f"{self.kind} {n!r} is already registered (as {self._aliases[k]!r})")
+                self._aliases[k] = name
+            self._entries[name] = o
+            return o
+        return add if obj is None else add(obj)
+
+    def canonical(self, name: str) -> str:
+        "The registered name for `name` or one of its aliases; `ValueError` listing the known ones."
+        k = self._aliases.get(_norm(name))
+        if k is None: raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self._entries)}")
+        return k
+
+    def get(self, name: str):
+        "The entry registered under `name` (or an alias)."
+        return self._entries[self.canonical(name)]
+
+    def names(self) -> list[str]:
+        "Registered names, in registration order."
+        return list(self._entries)
+
+    def __contains__(self, name: str) -> bool: return _norm(name) in self._aliases
+    def __iter__(self): return iter(self._entries)
+    def __len__(self) -> int: return len(self._entries)
+    def __repr__(self) -> str: return f"Registry({self.kind!r}: {', '.join(self._entries)})"
 
 # %% ../nbs/00_core.ipynb #3c424b02
 def seed_everything(seed: int, deterministic: bool = True) -> None:

@@ -1,4 +1,4 @@
-"""cxr_notebooks.byo: user CSVs and class folders, on files generated in tmp_path."""
+"""cxr_notebooks.data.byo: user CSVs and class folders, on files generated in tmp_path."""
 import math
 from pathlib import Path
 
@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr_notebooks.byo import box_format_of, read_class_folders, read_image_table_csv
+from cxr_notebooks.data.byo import box_format_of, read_class_folders, read_image_table_csv
 from cxr_notebooks.core import CXRDataError
-from cxr_notebooks.labels import NIH_LABELS
+from cxr_notebooks.data.labels import NIH_LABELS
 
 
 def png(path: Path, size=(32, 24)) -> Path:

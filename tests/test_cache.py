@@ -1,4 +1,4 @@
-"""Contract tests for cxr_notebooks.cache.ImageCache: equality with read_image, invalidation, failure safety."""
+"""Contract tests for cxr_notebooks.data.cache.ImageCache: equality with read_image, invalidation, failure safety."""
 import os
 import pickle
 
@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_notebooks.cache import ImageCache
+from cxr_notebooks.data.cache import ImageCache
 from cxr_notebooks.core import CXRDataError
-from cxr_notebooks.datasets import CXRDataset, read_image
+from cxr_notebooks.data.datasets import CXRDataset, read_image
 
 
 @pytest.fixture

@@ -1,12 +1,12 @@
-"Contract tests for cxr_notebooks.cams: Grad-CAM/Grad-CAM++ on every backbone, localization sanity, overlays, errors."
+"Contract tests for cxr_notebooks.explain.cams: Grad-CAM/Grad-CAM++ on every backbone, localization sanity, overlays, errors."
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from cxr_notebooks.cams import compute_cam, overlay_cam, tokens_to_maps
+from cxr_notebooks.explain.cams import compute_cam, overlay_cam, tokens_to_maps
 from cxr_notebooks.core import CXRDataError
-from cxr_notebooks.models import MODEL_SPECS, create_model
+from cxr_notebooks.models.backbones import MODEL_SPECS, create_model
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""cxr_notebooks.chexpert: CheXpert CSV reader on generated CSVs in the real column order."""
+"""cxr_notebooks.data.chexpert: CheXpert CSV reader on generated CSVs in the real column order."""
 import math
 from pathlib import Path
 
@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr_notebooks.chexpert import (CHEXPERT_META_COLUMNS, CHEXPERT_UNCERTAINTY_POLICIES, apply_uncertainty,
+from cxr_notebooks.data.chexpert import (CHEXPERT_META_COLUMNS, CHEXPERT_UNCERTAINTY_POLICIES, apply_uncertainty,
                                     read_chexpert_csv)
 from cxr_notebooks.core import CXRDataError
-from cxr_notebooks.labels import CHEXPERT_COMPETITION_LABELS, CHEXPERT_LABELS
+from cxr_notebooks.data.labels import CHEXPERT_COMPETITION_LABELS, CHEXPERT_LABELS
 
 P = 'CheXpert-v1.0-small/{}/patient{:05d}/study{}/view{}_{}.jpg'
 ROWS = [  # (split, patient, study, view number, view, AP/PA, {label: value})

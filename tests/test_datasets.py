@@ -1,4 +1,4 @@
-"""Contract tests for cxr_notebooks.datasets: decoding, the sample dict, transforms, collation, loaders."""
+"""Contract tests for cxr_notebooks.data.datasets: decoding, the sample dict, transforms, collation, loaders."""
 import cv2
 import numpy as np
 import pandas as pd
@@ -7,9 +7,9 @@ import torch
 from torchvision.transforms import v2
 
 from cxr_notebooks.core import CXRDataError
-from cxr_notebooks.datasets import (CXRDataset, collate_cxr, default_transforms, make_dataloader, read_image,
+from cxr_notebooks.data.datasets import (CXRDataset, collate_cxr, default_transforms, make_dataloader, read_image,
                                     sample_dataset)
-from cxr_notebooks.labels import NIH_LABELS
+from cxr_notebooks.data.labels import NIH_LABELS
 
 
 def _film(h=100, w=80):

@@ -1,11 +1,11 @@
-"Contracts, pinned facts and error paths of cxr_notebooks.localization."
+"Contracts, pinned facts and error paths of cxr_notebooks.metrics.localization."
 import numpy as np
 import pandas as pd
 import pytest
 
 from cxr_notebooks.core import CXRDataError, embedded_data_dir
-from cxr_notebooks.labels import NIH_BOX_LABELS, canonical_label
-from cxr_notebooks.localization import (BOX_COLUMNS, box_ior, box_iou, heatmap_to_box, heatmap_to_boxes,
+from cxr_notebooks.data.labels import NIH_BOX_LABELS, canonical_label
+from cxr_notebooks.metrics.localization import (BOX_COLUMNS, box_ior, box_iou, heatmap_to_box, heatmap_to_boxes,
                                         localization_accuracy, localization_scores)
 
 

@@ -1,4 +1,4 @@
-"Contract and edge cases of cxr_notebooks.losses (seed 002 weights and weighted BCE / focal losses)."
+"Contract and edge cases of cxr_notebooks.losses.classification (seed 002 weights and weighted BCE / focal losses)."
 import warnings
 import numpy as np
 import pandas as pd
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from cxr_notebooks.core import CXRDataError
-from cxr_notebooks.labels import NIH_LABELS
-from cxr_notebooks.losses import (SEED002_BETA, SEED002_BETAS, LOSS_NAMES, WeightedBCELoss, WeightedFocalLoss,
+from cxr_notebooks.data.labels import NIH_LABELS
+from cxr_notebooks.losses.classification import (SEED002_BETA, SEED002_BETAS, LOSS_NAMES, WeightedBCELoss, WeightedFocalLoss,
                                   class_balanced_weights, create_loss, effective_number_alpha, label_counts, wang_weights)
 
 # seed 002 Table 3 (whole-dataset counts, NIH_LABELS order)

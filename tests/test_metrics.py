@@ -1,4 +1,4 @@
-"Contracts, pinned facts and error paths of cxr_notebooks.metrics."
+"Contracts, pinned facts and error paths of cxr_notebooks.metrics.classification."
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,7 +6,7 @@ from scipy.stats import norm
 from sklearn.metrics import roc_auc_score, f1_score
 
 from cxr_notebooks.core import CXRDataError, embedded_data_dir
-from cxr_notebooks.metrics import (CI, DeLongResult, bootstrap_ci, classification_report_table, confusion_metrics,
+from cxr_notebooks.metrics.classification import (CI, DeLongResult, bootstrap_ci, classification_report_table, confusion_metrics,
                                    delong_auc_cov, delong_ci, delong_test, discriminant_power, macro_auroc,
                                    one_vs_rest_metrics, per_class_auroc, per_class_auroc_ci, youden_index,
                                    youden_threshold, binary_confusion_metrics)

@@ -1,4 +1,4 @@
-"Contract tests for cxr_notebooks.models: every seed backbone, target layers, weight loading and the offline failure."
+"Contract tests for cxr_notebooks.models.backbones: every seed backbone, target layers, weight loading and the offline failure."
 import time
 import warnings
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cxr_notebooks.core import CXRDataError
-from cxr_notebooks.models import (MODEL_SPECS, PretrainedWeightsUnavailable, PretrainedWeightsWarning,
+from cxr_notebooks.models.backbones import (MODEL_SPECS, PretrainedWeightsUnavailable, PretrainedWeightsWarning,
                                   backbone_name, create_model, hub_reachable, load_weights, target_layer)
 
 torch.set_num_threads(1)  # tiny forwards on 2 shared cores: extra threads only add contention

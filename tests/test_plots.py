@@ -1,4 +1,4 @@
-"Contract tests for cxr_notebooks.plots: figure structure, saved files, paper-vs-reproduced arithmetic and errors."
+"Contract tests for cxr_notebooks.viz.plots: figure structure, saved files, paper-vs-reproduced arithmetic and errors."
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cxr_notebooks.core import CXRDataError
-from cxr_notebooks.plots import (COMPARISON_COLUMNS, paper_vs_reproduced, plot_cam_grid, plot_roc_curves,
+from cxr_notebooks.viz.plots import (COMPARISON_COLUMNS, paper_vs_reproduced, plot_cam_grid, plot_roc_curves,
                                  plot_training_curves, style_comparison)
 
 

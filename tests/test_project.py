@@ -1,10 +1,24 @@
 """Project hygiene: the package is exactly what the notebooks export, notebooks carry no outputs,
-and the exported package imports without the dev-only tools."""
-import json, shutil, subprocess, sys
+the exported package imports without the dev-only tools, and imports run one way through the layers."""
+import ast, json, shutil, subprocess, sys
 from pathlib import Path
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / 'cxr_notebooks'
 NBDEV_EXPORT = Path(sys.executable).parent / 'nbdev_export'
+
+#: The layers, lowest first. A module may import from its own subpackage and from lower layers only;
+#: subpackages on one layer are peers and never import each other.
+LAYERS = [{'core'}, {'data'}, {'models', 'losses', 'metrics'}, {'explain'}, {'train'}, {'eval', 'viz'},
+          {'methods'}, {'reproduce'}]
+RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
+
+
+def _modules() -> dict[str, Path]:
+    "Dotted module name (without the package prefix) -> file, for every exported module."
+    return {'.'.join(p.relative_to(PKG).with_suffix('').parts): p for p in PKG.rglob('*.py')
+            if not p.name.startswith('_') and '__pycache__' not in p.parts}
 
 
 def test_nbdev_export_reproduces_package(tmp_path):
@@ -12,10 +26,10 @@ def test_nbdev_export_reproduces_package(tmp_path):
     shutil.copy(ROOT / 'settings.ini', tmp_path)
     shutil.copytree(ROOT / 'nbs', tmp_path / 'nbs')
     (tmp_path / 'cxr_notebooks').mkdir()
-    shutil.copy(ROOT / 'cxr_notebooks' / '__init__.py', tmp_path / 'cxr_notebooks')
+    shutil.copy(PKG / '__init__.py', tmp_path / 'cxr_notebooks')
     subprocess.run([str(NBDEV_EXPORT)], cwd=tmp_path, check=True, capture_output=True)
-    ours = {p.name: p.read_text() for p in (ROOT / 'cxr_notebooks').glob('*.py')}
-    fresh = {p.name: p.read_text() for p in (tmp_path / 'cxr_notebooks').glob('*.py')}
+    def tree(root): return {str(p.relative_to(root)): p.read_text() for p in root.rglob('*.py') if '__pycache__' not in p.parts}
+    ours, fresh = tree(PKG), tree(tmp_path / 'cxr_notebooks')
     assert sorted(fresh) == sorted(ours), f"modules differ: {set(fresh) ^ set(ours)}"
     stale = [n for n in ours if ours[n] != fresh[n]]
     assert not stale, f"cxr_notebooks/ differs from nbdev_export for {stale}: edit the notebooks, not the package"
@@ -32,8 +46,52 @@ def test_notebooks_have_no_outputs():
 
 def test_package_imports_without_dev_tools():
     "Every module imports with nbdev, fastcore, papermill and jupytext unavailable."
-    mods = sorted(p.stem for p in (ROOT / 'cxr_notebooks').glob('*.py') if not p.stem.startswith('_'))
     code = ("import sys\nfor m in ('nbdev', 'fastcore', 'papermill', 'jupytext', 'execnb'): sys.modules[m] = None\n"
-            + ''.join(f"import cxr_notebooks.{m}\n" for m in mods))
+            + ''.join(f"import cxr_notebooks.{m}\n" for m in sorted(_modules())))
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+
+
+def _imported_packages(path: Path, module: str) -> set[str]:
+    "The cxr_notebooks subpackages (first component) that `module` imports, relative or absolute, at any depth."
+    here = module.split('.')
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the module's package
+                base = here[:len(here) - node.level]
+                target = base + (node.module.split('.') if node.module else [])
+                names = [target] if target else [[a.name] for a in node.names]
+            elif node.module and node.module.split('.')[0] == 'cxr_notebooks':
+                target = node.module.split('.')[1:]
+                names = [target] if target else [[a.name] for a in node.names]
+            else: continue
+            out.update(n[0] for n in names if n)
+        elif isinstance(node, ast.Import):
+            out.update(a.name.split('.')[1] for a in node.names if a.name.startswith('cxr_notebooks.'))
+    return out
+
+
+def test_layers_cover_every_subpackage():
+    "Each subpackage is placed on a layer (a new one must be placed on purpose)."
+    unplaced = sorted({m.split('.')[0] for m in _modules()} - set(RANK))
+    assert not unplaced, f"subpackages not in LAYERS: {unplaced}"
+
+
+def test_imports_run_one_way():
+    "No module imports a package on a higher layer, or a peer on its own layer."
+    back = []
+    for mod, path in _modules().items():
+        pkg = mod.split('.')[0]
+        for dep in _imported_packages(path, mod):
+            if dep != pkg and dep in RANK and RANK[dep] >= RANK[pkg]:
+                back.append(f'{mod} -> {dep}')
+    assert not back, f"imports that run against the layers {LAYERS}: {back}"
+
+
+def test_import_walker_catches_a_back_arrow(tmp_path):
+    "The AST walk sees relative, absolute and function-local imports (so the test above can fail)."
+    f = tmp_path / 'm.py'
+    f.write_text("from ..reproduce.kit import x\ndef g():\n    import cxr_notebooks.train.learner\n"
+                 "    from cxr_notebooks import viz\nfrom .labels import y\n")
+    assert _imported_packages(f, 'data.nih') == {'reproduce', 'train', 'viz', 'data'}

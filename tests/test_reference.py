@@ -1,10 +1,10 @@
-"Contract and error paths of cxr_notebooks.reference and the seed 002 transcription."
+"Contract and error paths of cxr_notebooks.reproduce.reference and the seed 002 transcription."
 import numpy as np
 import pandas as pd
 import pytest
 from cxr_notebooks.core import CXRDataError, embedded_data_dir
-from cxr_notebooks.labels import NIH_LABELS
-from cxr_notebooks.reference import (REFERENCE_COLUMNS, average_check, load_reference, reference_table,
+from cxr_notebooks.data.labels import NIH_LABELS
+from cxr_notebooks.reproduce.reference import (REFERENCE_COLUMNS, average_check, load_reference, reference_table,
                                      reference_values)
 
 SEED002 = embedded_data_dir() / 'reference' / 'seed002_tables.csv'

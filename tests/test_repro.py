@@ -4,8 +4,8 @@ focal loss, Ranger, two stages, DeLong against a trained baseline)."""
 import json
 import pandas as pd
 import pytest
-from cxr_notebooks.reproduce import run_reproduction, main
-from cxr_notebooks.reference import reference_values
+from cxr_notebooks.reproduce.runner import run_reproduction, main
+from cxr_notebooks.reproduce.reference import reference_values
 
 TINY = dict(profile='smoke', image_size=32, epochs=1, batch_size=16, max_images=160, n_bootstrap=20, num_workers=0, pretrained=False)
 

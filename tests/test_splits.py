@@ -1,12 +1,12 @@
-"Contract and pinned counts of cxr_notebooks.splits (patient-safe splits of NIH ChestX-ray14)."
+"Contract and pinned counts of cxr_notebooks.data.splits (patient-safe splits of NIH ChestX-ray14)."
 import gzip, math, warnings
 import numpy as np
 import pandas as pd
 import pytest
 from cxr_notebooks.core import CXRDataError, embedded_data_dir
-from cxr_notebooks.labels import NIH_LABELS
-from cxr_notebooks.nih import embedded_data_entry
-from cxr_notebooks.splits import (check_no_empty_class, check_patient_disjoint, chexnet_split, nih_official_split,
+from cxr_notebooks.data.labels import NIH_LABELS
+from cxr_notebooks.data.nih import embedded_data_entry
+from cxr_notebooks.data.splits import (check_no_empty_class, check_patient_disjoint, chexnet_split, nih_official_split,
                                   patient_kfold, patient_train_val_split, seed004_subsample_split, stratified_subsample)
 
 NIH = embedded_data_dir() / 'nih'

@@ -1,4 +1,4 @@
-"Contract tests for cxr_notebooks.synth: phantoms, masks/boxes, dataset, folder writer, learnability."
+"Contract tests for cxr_notebooks.data.synth: phantoms, masks/boxes, dataset, folder writer, learnability."
 import time
 import cv2
 import numpy as np
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torchvision.transforms import v2
 from cxr_notebooks.core import CXRDataError, seed_everything
-from cxr_notebooks.labels import NIH_LABELS
-from cxr_notebooks.synth import (SYNTH_LABELS, BOX_COLUMNS, Phantom, PhantomDataset, make_phantom, mask_to_box,
+from cxr_notebooks.data.labels import NIH_LABELS
+from cxr_notebooks.data.synth import (SYNTH_LABELS, BOX_COLUMNS, Phantom, PhantomDataset, make_phantom, mask_to_box,
                                  write_phantom_folder)
 
 

@@ -1,4 +1,4 @@
-"Contract tests for cxr_notebooks.train: exact resume, determinism, NaN handling, early stopping, accumulation."
+"Contract tests for cxr_notebooks.train.learner: exact resume, determinism, NaN handling, early stopping, accumulation."
 import math
 
 import numpy as np
@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-import cxr_notebooks.train as train_mod
+import cxr_notebooks.train.learner as train_mod
 from cxr_notebooks.core import seed_everything
-from cxr_notebooks.train import (Learner, NonFiniteLossError, atomic_save, create_optimizer, create_scheduler,
+from cxr_notebooks.train.learner import (Learner, NonFiniteLossError, atomic_save, create_optimizer, create_scheduler,
                                  predict)
 
 torch.set_num_threads(1)
