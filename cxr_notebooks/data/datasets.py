@@ -175,7 +175,7 @@ def make_dataloader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, 
     g = torch.Generator(); g.manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate_cxr,
                       pin_memory=bool(pin_memory), drop_last=drop_last, generator=g, worker_init_fn=_seed_worker,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=False)  # fresh workers each epoch, seeded from `g`: exact resume (see train.learner)
 
 # %% ../../nbs/data/16_datasets.ipynb #3b1d8ff3
 def sample_dataset(size: int = 256, split: str | None = None, transform: Callable | None = None,
