@@ -20,13 +20,14 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/pytest -q tests
-	$(BIN)/nbdev_test --n_workers 2 --timing
+	$(BIN)/nbdev_test --n_workers 2 --timing --flags slow
 
 demo: $(VENV)/.installed
 	$(BIN)/cxr-reproduce demo --out $(RUN)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_cache.py
+	$(PY) benchmarks/bench_train.py
 
 clean-nbs: $(VENV)/.installed
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean

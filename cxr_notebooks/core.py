@@ -58,6 +58,12 @@ class Registry:
             return o
         return add if obj is None else add(obj)
 
+    def unregister(self, name: str) -> None:
+        "Remove `name` (or the entry an alias names) and all its aliases, e.g. after a test registered a throwaway entry."
+        key = self.canonical(name)
+        del self._entries[key]
+        self._aliases = {k: v for k, v in self._aliases.items() if v != key}
+
     def canonical(self, name: str) -> str:
         "The registered name for `name` or one of its aliases; `ValueError` listing the known ones."
         k = self._aliases.get(_norm(name))

@@ -205,3 +205,13 @@ def test_class_folder_errors(ottawa, tmp_path):
         read_class_folders(tmp_path / 'nowhere')
     with pytest.raises(CXRDataError, match=r"no sub-folders"):
         (tmp_path / 'bare').mkdir(); read_class_folders(tmp_path / 'bare')
+
+
+def test_class_folders_without_patients_cannot_be_split_by_patient(ottawa):
+    "The class-folder default (no patient_from_name) has NaN patient ids: a patient split says how to fix it."
+    from cxr_notebooks.data.splits import patient_train_val_split
+    t = read_class_folders(ottawa)
+    with pytest.raises(CXRDataError, match=r"5 of 5 images have no patient_id.*patient_from_name=.*patient_id"):
+        patient_train_val_split(t, 0.4)
+    s = patient_train_val_split(read_class_folders(ottawa, patient_from_name='nih'), 0.4)
+    assert len(s['val']) > 0 and not set(s['val'].patient_id) & set(s['train'].patient_id)

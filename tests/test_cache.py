@@ -58,7 +58,7 @@ def test_corrupt_image_leaves_no_cache(images, tmp_path):
     d = tmp_path / 'c'
     with pytest.raises(CXRDataError, match='bad.png: not a readable PNG/JPEG'):
         ImageCache.build(images[:3] + [bad] + images[3:], 32, d, num_workers=2, progress=False)
-    assert list(d.iterdir()) == []
+    assert [f.name for f in d.iterdir()] == ['images_32px.json.lock']   # only the build lock, which nothing trusts
     with pytest.raises(CXRDataError, match='no readable cache index'):
         ImageCache.open(d, 32)
 
@@ -69,7 +69,7 @@ def test_failed_rebuild_keeps_previous_cache_consistent(images, tmp_path):
     with pytest.raises(CXRDataError, match='gone.png: image file not found'):
         ImageCache.build(images + [tmp_path / 'gone.png'], 32, d, progress=False)
     again = ImageCache.open(d, 32, paths=images)
-    assert again.data_path == c.data_path and sorted(f.name for f in d.iterdir()) == sorted([c.data_path.name, c.index_path.name])
+    assert again.data_path == c.data_path and sorted(f.name for f in d.iterdir()) == sorted([c.data_path.name, c.index_path.name, 'images_32px.json.lock'])
 
 
 def test_missing_pixel_file_and_repeated_paths(images, tmp_path):
@@ -98,3 +98,45 @@ def test_dataset_reads_from_cache(images, tmp_path):
         CXRDataset(tab, ['Mass'], cache=c, image_size=64)
     with pytest.raises(CXRDataError, match=r'1 image\(s\) not in the cache'):
         CXRDataset(pd.concat([tab, tab.assign(path='/x/other.png').head(1)]), ['Mass'], cache=c)
+
+
+# concurrent builds (defect: one builder deleted the other's pixel file) ------------------------------
+_BUILDER = """
+import sys, time, hashlib
+from pathlib import Path
+from cxr_notebooks.data.cache import ImageCache
+paths, cache_dir, go = sys.argv[3:], sys.argv[1], Path(sys.argv[2])
+while not go.exists(): time.sleep(0.001)
+c = ImageCache.build(paths, 48, cache_dir, num_workers=1, progress=False)
+print(hashlib.sha256(c.data.tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_builds_of_one_cache(tmp_path):
+    "Two processes building the same cache at once both succeed with the same pixels; the cache opens afterwards."
+    import hashlib, subprocess, sys, time
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(40):
+        p = tmp_path / 'img' / f'{i:03d}.png'; p.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(p), rng.integers(0, 256, (300, 300), dtype=np.uint8)); paths.append(str(p))
+    expected = np.stack([read_image(p, 48) for p in paths])
+    for trial in range(5):
+        d, go = tmp_path / f'c{trial}', tmp_path / f'go{trial}'
+        procs = [subprocess.Popen([sys.executable, '-c', _BUILDER, str(d), str(go), *paths],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        time.sleep(1.0); go.touch()
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [o[1][-600:] for o in outs]
+        assert outs[0][0].strip() == outs[1][0].strip() == hashlib.sha256(expected.tobytes()).hexdigest()
+        c = ImageCache.open(d, 48, paths=paths)
+        assert np.array_equal(c.data, expected) and len(list(d.glob('*.npy'))) == 1
+
+
+def test_reader_survives_a_rebuild(images, tmp_path):
+    "A cache opened before a rebuild replaced its pixel file still reads its pixels."
+    d = tmp_path / 'c'
+    old = ImageCache.build(images, 32, d, progress=False)
+    ImageCache.build(images[:3], 32, d, progress=False)          # new list: new pixel file, the old one unlinked
+    assert not old.data_path.exists() and np.array_equal(old[5], read_image(images[5], 32))

@@ -6,7 +6,7 @@ from torch import nn
 
 from cxr_notebooks.explain.cams import compute_cam, overlay_cam, tokens_to_maps
 from cxr_notebooks.core import CXRDataError
-from cxr_notebooks.models.backbones import MODEL_SPECS, create_model
+from cxr_notebooks.models.backbones import BACKBONES, create_model
 
 torch.set_num_threads(1)
 
@@ -53,7 +53,7 @@ def test_model_state_is_restored():
     assert torch.equal(net[0].weight.grad, g)
 
 
-@pytest.mark.parametrize('name', list(MODEL_SPECS))
+@pytest.mark.parametrize('name', BACKBONES.names())
 def test_every_backbone(name):
     m = create_model(name, 14)
     for method in ('gradcam', 'gradcam++'):
@@ -81,13 +81,15 @@ def test_tokens_to_maps():
 def test_compute_cam_bad_inputs():
     net = two_detector_net()
     x = square_and_texture()[None]
-    with pytest.raises(CXRDataError, match='method'): compute_cam(net, x, 0, method='scorecam', target_layer=net[1])
+    with pytest.raises(ValueError, match="unknown CAM method 'scorecam'; known: gradcam, gradcam\\+\\+"):
+        compute_cam(net, x, 0, method='scorecam', target_layer=net[1])
     with pytest.raises(CXRDataError, match=r'expected \(B, C, H, W\)'): compute_cam(net, x[0, 0], 0, target_layer=net[1])
-    with pytest.raises(CXRDataError, match='2 class indices for 1 images'): compute_cam(net, x, [0, 1], target_layer=net[1])
-    with pytest.raises(CXRDataError, match='class_idx 5 out of range: the model has 2 outputs'):
+    with pytest.raises(ValueError, match='2 class indices for 1 images'): compute_cam(net, x, [0, 1], target_layer=net[1])
+    with pytest.raises(ValueError, match='class_idx 5 out of range: the model has 2 outputs'):
         compute_cam(net, x, 5, target_layer=net[1])
-    with pytest.raises(CXRDataError, match='cxr_backbone'): compute_cam(net, x, 0)
-    with pytest.raises(CXRDataError, match='supported'): compute_cam(net, x, 0, backbone='alexnet')
+    with pytest.raises(ValueError, match='cxr_backbone'): compute_cam(net, x, 0)
+    with pytest.raises(ValueError, match="unknown backbone 'alexnet'; known: densenet121"): compute_cam(net, x, 0, backbone='alexnet')
+    assert compute_cam(net, x, 0, method='Grad-CAM++', target_layer=net[1]).shape == (1, 48, 64)  # registry spellings
 
 
 def test_overlay_cam():

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 
 from cxr_notebooks.core import CXRDataError
@@ -50,7 +51,8 @@ def test_read_image_resize_is_area(tmp_path):
     y = read_image(tmp_path / 'x.png', size=16)
     assert y.shape == (16, 16)
     assert np.array_equal(y, cv2.resize(x, (16, 16), interpolation=cv2.INTER_AREA))
-    assert read_image(tmp_path / 'x.png', size=64) is not None
+    same = read_image(tmp_path / 'x.png', size=64)                 # already that size: the stored pixels
+    assert same.dtype == np.uint8 and np.array_equal(same, x)
 
 
 def test_read_image_errors_name_the_file(tmp_path):
@@ -146,7 +148,7 @@ def test_missing_image_at_getitem_names_file(table):
 
 
 # transforms ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize('normalize,channels,lo', [('imagenet', 3, -0.485 / 0.229), ('half', 1, -1.0), (None, 3, 0.0)])
+@pytest.mark.parametrize('normalize,channels,lo', [('imagenet', 3, -IMAGENET_DEFAULT_MEAN[0] / IMAGENET_DEFAULT_STD[0]), ('half', 1, -1.0), (None, 3, 0.0)])
 def test_default_transforms_eval(table, normalize, channels, lo):
     t = table.copy(); t['path'] = t['path'].iloc[0]
     cv2.imwrite(t['path'].iloc[0], np.zeros((100, 80), np.uint8))
@@ -185,7 +187,7 @@ def test_dataloader_seeded_and_configured(table):
     assert dl.num_workers == 0                             # 10 images: no workers
     assert dl.pin_memory == torch.cuda.is_available()
     big = make_dataloader(ds, 1, shuffle=False, num_workers='auto')
-    assert big.num_workers >= 1 and big.persistent_workers
+    assert big.num_workers >= 1 and not big.persistent_workers   # fresh seeded workers each epoch (exact resume)
     assert [b['index'].item() for b in big] == list(range(10))
     assert len(make_dataloader(ds, 4, shuffle=False, drop_last=True)) == 2
 
@@ -204,3 +206,18 @@ def test_sample_dataset():
     assert torch.allclose(small[boxed[0]]['boxes'], s['boxes'] / 4)
     with pytest.raises(CXRDataError, match="split='val'"):
         sample_dataset(split='val')
+
+
+# truncated files (defect: libjpeg only warned and the bottom half came back grey) ------------------
+@pytest.mark.parametrize('ext', ['.jpg', '.png'])
+def test_truncated_image_raises_naming_the_file(tmp_path, ext):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    x = cv2.GaussianBlur(rng.integers(0, 256, (256, 256), dtype=np.uint8), (3, 3), 0)
+    cv2.imwrite(str(tmp_path / f'cv{ext}'), x); Image.fromarray(x).save(tmp_path / f'pil{ext}')
+    for n in ('cv', 'pil'):
+        full = (tmp_path / f'{n}{ext}').read_bytes()
+        assert read_image(tmp_path / f'{n}{ext}').shape == (256, 256)
+        cut = tmp_path / f'{n}_cut{ext}'; cut.write_bytes(full[:len(full) // 2])
+        with pytest.raises(CXRDataError, match=f'{n}_cut{ext}: not a readable PNG/JPEG'):
+            read_image(cut)

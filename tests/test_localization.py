@@ -5,7 +5,8 @@ import pytest
 
 from cxr_notebooks.core import CXRDataError, embedded_data_dir
 from cxr_notebooks.data.labels import NIH_BOX_LABELS, canonical_label
-from cxr_notebooks.metrics.localization import (BOX_COLUMNS, box_ior, box_iou, heatmap_to_box, heatmap_to_boxes,
+from cxr_notebooks.data.contract import BOX_COLUMNS
+from cxr_notebooks.metrics.localization import (box_ior, box_iou, heatmap_to_box, heatmap_to_boxes,
                                         localization_accuracy, localization_scores)
 
 

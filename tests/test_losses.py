@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import torchvision
 from cxr_notebooks.core import CXRDataError
 from cxr_notebooks.data.labels import NIH_LABELS
-from cxr_notebooks.losses.classification import (SEED002_BETA, SEED002_BETAS, LOSS_NAMES, WeightedBCELoss, WeightedFocalLoss,
+from cxr_notebooks.losses.classification import (SEED002_BETA, SEED002_BETAS, LOSSES, WeightedBCELoss, WeightedFocalLoss,
                                   class_balanced_weights, create_loss, effective_number_alpha, label_counts, wang_weights)
 
 # seed 002 Table 3 (whole-dataset counts, NIH_LABELS order)
@@ -24,7 +24,7 @@ def xy():
 
 def test_pinned_constants():
     assert SEED002_BETAS == pytest.approx((0.999998, 0.99998, 0.9998, 0.9993, 0.998), abs=1e-15)
-    assert SEED002_BETA == 0.9998 and LOSS_NAMES == ('bce', 'wbce', 'cb-bce', 'focal', 'wfocal')
+    assert SEED002_BETA == 0.9998 and LOSSES.names() == ['bce', 'wbce', 'cb-bce', 'focal', 'wfocal']
 
 
 def test_wang_weights_eq1():
@@ -140,7 +140,7 @@ def test_mask_excludes_elements_exactly(xy):
     assert WeightedBCELoss()(x, y, torch.zeros_like(y)) == 0
 
 
-@pytest.mark.parametrize('name', LOSS_NAMES)
+@pytest.mark.parametrize('name', LOSSES.names())
 def test_gradient_finite_for_extreme_logits(name):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -159,10 +159,19 @@ def test_create_loss_names_and_types():
     assert torch.equal(cb.w_pos, cb.w_neg)
     wf = create_loss('wfocal', TABLE3, beta=0.998, clip_negative=True, alpha=0.25, gamma=2.0)
     assert wf.alpha == 0.25 and wf.gamma == 2.0 and (wf.w_neg >= 0).all()
-    with pytest.raises(CXRDataError, match="'ce'"):
+    assert isinstance(create_loss('BCE'), WeightedBCELoss) and isinstance(create_loss('CB_BCE', TABLE3), WeightedBCELoss)  # case, '-', '_' ignored
+    with pytest.raises(ValueError, match="unknown loss 'ce'; known: bce, wbce, cb-bce, focal, wfocal") as e:
         create_loss('ce')
-    with pytest.raises(CXRDataError, match='needs pos_counts'):
+    assert type(e.value) is ValueError  # a bad argument, not bad data
+    with pytest.raises(ValueError, match="'wfocal' needs pos_counts"):
         create_loss('wfocal')
+
+
+def test_a_registered_loss_is_available_to_create_loss():
+    @LOSSES.register('_test_l1')
+    def _l1(**kw): return torch.nn.L1Loss()
+    try: assert isinstance(create_loss('_TEST-L1', TABLE3), torch.nn.L1Loss)
+    finally: LOSSES.unregister('_test_l1')
 
 
 def test_bad_inputs_to_forward(xy):

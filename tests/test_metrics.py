@@ -36,7 +36,7 @@ def test_report_table_matches_sklearn(binary):
     assert rep['support'].tolist()[:2] == [y.sum(), (1 - y).sum()]
     with pytest.raises(CXRDataError, match='threshold has 3 values for 2 classes'):
         classification_report_table(y2, s2, threshold=[.1, .2, .3])
-    with pytest.raises(CXRDataError, match='3 labels given for 2'):
+    with pytest.raises(ValueError, match=r"3 labels \['a', 'b', 'c'\] given for 2 columns"):
         classification_report_table(y2, s2, ['a', 'b', 'c'])
 
 
@@ -100,7 +100,7 @@ def test_bootstrap_groups_skips_and_errors(binary):
     with pytest.raises(CXRDataError, match='groups has 3 values for 400'): bootstrap_ci(y, s, groups=[1, 2, 3])
     with pytest.raises(CXRDataError, match='groups\\[2\\] is missing'):
         bootstrap_ci(y[:4], s[:4], groups=['a', 'b', None, 'a'])
-    with pytest.raises(CXRDataError, match='confidence is 95'): bootstrap_ci(y, s, confidence=95)
+    with pytest.raises(ValueError, match='confidence is 95'): bootstrap_ci(y, s, confidence=95)
     with pytest.raises(CXRDataError, match='undefined in all'):
         bootstrap_ci(y, s, lambda a, b: np.nan, n_resamples=5)
     with pytest.raises(CXRDataError, match='per_class_auroc_ci'): bootstrap_ci(np.c_[y, y], np.c_[s, s])
@@ -168,3 +168,40 @@ def test_seed000_reference_csv_schema_and_inconsistent_rows():
     assert set(zip(off.table, off.model, off.setting)) == {('Table I', 'VGG16', 'cross-entropy'), ('Table I', 'VGG16', 'proposed loss')}
     pnih = w[(w.table == 'Table II') & (w.label == 'Pneumothorax vs No Finding')]
     np.testing.assert_allclose(discriminant_power(pnih.sensitivity, pnih.specificity), pnih.dp, atol=0.001)
+
+
+# argument and data errors (defect: raw sklearn/numpy errors, or columns silently dropped) -----------
+def _plain_value_error(excinfo):
+    return excinfo.type is ValueError
+
+
+def test_per_class_auroc_needs_one_name_per_column():
+    y, p = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 1], [1, 0, 0]]), np.random.default_rng(0).random((4, 3))
+    with pytest.raises(ValueError, match=r'2 labels .* 3 columns') as e: per_class_auroc(y, p, ['a', 'b'])
+    assert _plain_value_error(e)
+    with pytest.raises(ValueError, match=r'2 labels .* 3 columns') as e: per_class_auroc_ci(y, p, ['a', 'b'], n_resamples=5)
+    assert _plain_value_error(e)
+
+
+def test_bad_y_true_is_a_data_error():
+    p = np.array([.1, .4, .35, .8, .2])
+    for f in (per_class_auroc, macro_auroc, lambda y, s: bootstrap_ci(y, s, n_resamples=5)):
+        with pytest.raises(CXRDataError, match=r'y_true has 1 NaN .*row 2'): f(np.array([0, 1, np.nan, 1, 0]), p)
+        with pytest.raises(CXRDataError, match=r'y_true\[3, 0\] is 2; expected 0 or 1'): f(np.array([0, 1, 0, 2, 0]), p)
+    with pytest.raises(CXRDataError, match=r'y_true has 1 NaN'): delong_test([0, 1, np.nan, 1, 0], p, p)
+
+
+def test_delong_scores_of_unequal_length():
+    with pytest.raises(CXRDataError, match=r'score_a has 4 values but score_b has 3'):
+        delong_test([0, 0, 1, 1], [1, 2, 3, 4], [1, 2, 3])
+
+
+def test_empty_bootstrap():
+    y, s = np.array([0, 1, 0, 1]), np.array([.1, .2, .3, .4])
+    for call in (lambda: bootstrap_ci(y, s, n_resamples=0), lambda: bootstrap_ci(y, s, lambda a, b: 0.5, n_resamples=0),
+                 lambda: per_class_auroc_ci(y, s, n_resamples=0)):
+        with pytest.raises(ValueError, match='n_resamples is 0; expected at least 1') as e: call()
+        assert _plain_value_error(e)
+    for call in (lambda: bootstrap_ci([], [], n_resamples=10), lambda: per_class_auroc_ci(np.zeros((0, 2)), np.zeros((0, 2))),
+                 lambda: per_class_auroc([], [])):
+        with pytest.raises(CXRDataError, match='y_true is empty'): call()

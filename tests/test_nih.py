@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from cxr_notebooks.core import CXRDataError, embedded_data_dir
 from cxr_notebooks.data.labels import NIH_LABELS, NIH_BOX_LABELS
-from cxr_notebooks.data.nih import (BOX_COLUMNS, GOOGLE2019_LABELS, attach_image_paths, embedded_data_entry, find_nih_images,
+from cxr_notebooks.data.contract import BOX_COLUMNS
+from cxr_notebooks.data.nih import (GOOGLE2019_LABELS, attach_image_paths, embedded_data_entry, find_nih_images,
                                load_nih, nih_sample_table, read_data_entry, read_google2019_labels, read_id_list,
                                read_nih_boxes)
 

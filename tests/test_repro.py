@@ -1,51 +1,137 @@
-"""Smoke runs of the seed 002 reproduction notebook through papermill at the smallest settings:
-the `make demo` path (official split, baseline) and the aggregate method (CheXNet split, weighted
-focal loss, Ranger, two stages, DeLong against a trained baseline)."""
-import json
+"""The reproduction notebooks end to end through papermill (slow), and the runner/CLI's checks and error
+reports (fast: they fail before a kernel starts)."""
+import ast, json, os
 import pandas as pd
 import pytest
-from cxr_notebooks.reproduce.runner import run_reproduction, main
+from cxr_notebooks.reproduce.kit import check_record
 from cxr_notebooks.reproduce.reference import reference_values
+from cxr_notebooks.reproduce.runner import (ReproductionFailed, check_parameters, main, notebook_parameters, repro_notebooks,
+                                           run_reproduction)
 
-TINY = dict(profile='smoke', image_size=32, epochs=1, batch_size=16, max_images=160, n_bootstrap=20, num_workers=0, pretrained=False)
+NOTEBOOKS = repro_notebooks()
+SMALLEST = NOTEBOOKS['002'].smallest
 
 
-def test_baseline_smoke_run(tmp_path):
-    "The demo configuration runs end to end and writes its record, figures and paper table."
-    nb = run_reproduction('002', tmp_path, TINY, progress=False)
+@pytest.mark.slow
+@pytest.mark.parametrize('seed', sorted(NOTEBOOKS))
+def test_every_notebook_runs_at_its_smallest_setting(tmp_path, seed):
+    "Each notebook in nbs/repro/ runs end to end at its declared smallest setting and writes a schema-valid metrics.json."
+    nb = run_reproduction(seed, tmp_path, NOTEBOOKS[seed].smallest, progress=False)
     assert nb.with_suffix('.html').is_file()
     rec = json.loads((tmp_path / 'metrics.json').read_text())
-    assert rec['setup'].startswith('profile=smoke') and 'seed=0' in rec['setup']
-    assert set(rec['split_sizes']) == {'train', 'val', 'test'} and sum(rec['split_sizes'].values()) == 160
-    assert len(rec['history']['epoch']) == 1
-    for f in ('roc_curves.png', 'training_curves.png', 'data_summary.csv', 'ours/stage1/last.pt'):
+    check_record(rec, str(tmp_path / 'metrics.json'))
+    assert rec['profile'] == NOTEBOOKS[seed].smallest['profile'] and rec['paper']['seed'] == seed
+
+
+@pytest.mark.slow
+def test_baseline_smoke_run_is_the_demo_configuration(tmp_path):
+    "The demo configuration: official split, baseline, record with setup and CI, figures, Table 4 next to ours."
+    run_reproduction('002', tmp_path, SMALLEST, html=False, progress=False)
+    rec = json.loads((tmp_path / 'metrics.json').read_text())
+    assert rec['setup'].startswith('profile=smoke') and 'seed=0' in rec['setup'] and 'split=official' in rec['setup']
+    assert set(rec['data']['split_sizes']) == {'train', 'val', 'test'} and sum(rec['data']['split_sizes'].values()) == 160
+    assert len(rec['results']['history']['epoch']) == 1
+    h = rec['headline']
+    assert h['metric'] == 'mean_auc' and h['low'] <= h['value'] <= h['high']
+    for f in ('roc_curves.png', 'training_curves.png', 'data_summary.csv', 'ours/stage1/last.pt', 'run_config.json'):
         assert (tmp_path / f).is_file(), f
     table = pd.read_csv(tmp_path / 'paper_vs_reproduced_table4.csv')
     paper = reference_values('002', 'Table 4', 'baseline reproduce ChexNet [15]')
-    row = table.set_index('label').loc['Cardiomegaly']
-    assert row['paper'] == pytest.approx(paper['Cardiomegaly'])
+    assert table.set_index('label').loc['Cardiomegaly', 'paper'] == pytest.approx(paper['Cardiomegaly'])
+    assert rec['comparisons']['table4']['paper_source'].startswith(paper.attrs['source'])
 
 
-def test_aggregate_method_smoke_run(tmp_path):
-    "Weighted focal loss + Ranger + progressive resizing, compared with a baseline trained alongside (DeLong)."
-    run_reproduction('002', tmp_path, {**TINY, 'loss': 'wfocal', 'optimizer': 'ranger', 'stages': 2,
-                                       'backbone': 'mobilenetv2_100', 'max_images': None}, html=False, progress=False)
+@pytest.mark.slow
+def test_rerun_with_other_parameters_stops_and_names_them(tmp_path):
+    "Defect: a re-run into the same folder with other parameters used to resume the old checkpoints silently."
+    run_reproduction('002', tmp_path, SMALLEST, html=False, progress=False)
+    before = (tmp_path / 'ours' / 'stage1' / 'last.pt').stat().st_mtime_ns
+    with pytest.raises(ReproductionFailed) as e:
+        run_reproduction('002', tmp_path, {**SMALLEST, 'max_images': 120, 'lr': 0.5}, html=False, progress=False)
+    assert e.value.ename == 'RunConfigMismatch'
+    assert "lr: None there, 0.5 now" in e.value.evalue or "lr: 0.001 there, 0.5 now" in e.value.evalue
+    assert 'max_images: 160 there, 120 now' in e.value.evalue and 'another output folder' in e.value.evalue
+    assert (tmp_path / 'ours' / 'stage1' / 'last.pt').stat().st_mtime_ns == before   # nothing overwritten
     rec = json.loads((tmp_path / 'metrics.json').read_text())
-    assert rec['history']['image_size'] == [32, 64] and rec['history']['stage'] == [1, 2]
-    delong = pd.read_csv(tmp_path / 'delong_vs_baseline.csv')
+    assert sum(rec['data']['split_sizes'].values()) == 160
+
+
+@pytest.mark.slow
+def test_aggregate_method_smoke_run_with_relative_split_file(tmp_path, monkeypatch):
+    "Weighted focal loss + Ranger + two stages vs a BCE baseline (DeLong), on a CSV split given relative to the caller."
+    from cxr_notebooks.reproduce.kit import load_nih_data, make_split
+    parts = make_split(load_nih_data('smoke', max_images=200), 'official')
+    pd.DataFrame([(i, k) for k, t in parts.items() for i in t['image']], columns=['image', 'split']).to_csv(tmp_path / 'mine.csv', index=False)
+    monkeypatch.chdir(tmp_path)
+    run_reproduction('002', 'run', {**SMALLEST, 'max_images': None, 'loss': 'wfocal', 'optimizer': 'ranger', 'stages': 2,
+                                    'backbone': 'mobilenetv2_100', 'split': 'mine.csv'}, html=False, progress=False)
+    rec = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
+    assert rec['results']['history']['image_size'] == [32, 64] and rec['results']['history']['stage'] == [1, 2]
+    assert rec['config']['split'] == str(tmp_path / 'mine.csv') and sum(rec['data']['split_sizes'].values()) == 200
+    delong = pd.read_csv(tmp_path / 'run' / 'delong_vs_baseline.csv')
     assert list(delong.columns) == ['label', 'auc_baseline', 'auc_ours', 'difference', 'z', 'p_value']
     tested = delong.dropna()
     assert len(tested) > 0 and tested['p_value'].between(0, 1).all()
-    assert (tmp_path / 'baseline' / 'predictions_stage2.csv').is_file()
+    assert rec['comparisons'] == {}   # a CSV split matches no paper column: not compared with a neighbouring one
 
 
-def test_chexnet_split_on_the_sample_says_why_it_cannot_train(tmp_path):
-    "621 of the 646 embedded images are in the CheXNet test list: the notebook stops with a clear error."
-    from papermill.exceptions import PapermillExecutionError
-    with pytest.raises(PapermillExecutionError, match='part\\(s\\) empty'):
-        run_reproduction('002', tmp_path, {**TINY, 'split': 'chexnet', 'max_images': None}, html=False, progress=False)
+@pytest.mark.slow
+def test_error_inside_the_notebook_is_reported_in_a_few_lines(tmp_path, capsys):
+    "Defect: errors raised in a notebook reached the user under 35-212 lines of papermill traceback."
+    assert main(['run', '002', '--out', str(tmp_path), '--no-html', *sum((['-p', k, json.dumps(v)] for k, v in
+                 {**SMALLEST, 'split': 'chexnet', 'max_images': None}.items()), [])]) == 1
+    err = capsys.readouterr().err
+    report = err[err.index('cxr-reproduce: error: '):]   # after papermill's progress bar
+    assert report.startswith("cxr-reproduce: error: CXRDataError: split='chexnet' leaves the") and 'part(s) empty' in report
+    assert str(tmp_path / '002_aggregate_method.ipynb') in report and len(report.strip().splitlines()) <= 3
+    assert 'Traceback' not in err
 
 
-def test_cli_rejects_unknown_notebook(tmp_path):
-    with pytest.raises(KeyError, match='known'):
-        main(['run', '999', '--out', str(tmp_path)])
+# ---- fast: the runner stops before any kernel starts --------------------------------------------------------------
+
+def _cli_error(capsys, *argv):
+    assert main(list(argv)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('cxr-reproduce: error: ') and 'Traceback' not in err
+    return err
+
+
+def test_misspelt_parameter_is_refused_before_running(tmp_path, capsys):
+    "Defect: `-p lossx wfocal` trained the default and exited 0."
+    err = _cli_error(capsys, 'run', '002', '--out', str(tmp_path), '-p', 'lossx', 'wfocal')
+    assert "unknown parameter 'lossx' (did you mean 'loss'?)" in err
+    assert not (tmp_path / '002_aggregate_method.ipynb').exists()
+
+
+def test_bad_profile_unknown_notebook_and_out_file_are_short_errors(tmp_path, capsys):
+    "Defect: `-p profile smok`, `run 003` and an `--out` that names a file gave bare tracebacks."
+    assert "parameter profile: expected one of smoke, full, got 'smok'" in _cli_error(capsys, 'run', '002', '--out', str(tmp_path), '-p', 'profile', 'smok')
+    assert "no reproduction notebook for '003'; known: 002 (" in _cli_error(capsys, 'run', '003', '--out', str(tmp_path))
+    f = tmp_path / 'afile'; f.write_text('x')
+    assert 'is a file; expected a folder' in _cli_error(capsys, 'demo', '--out', str(f))
+
+
+def test_relative_path_parameters_resolve_against_the_caller(tmp_path, monkeypatch):
+    "Defect: `-p split x.csv` and `-p data_root d` resolved against nbs/repro/, where papermill runs the kernel."
+    monkeypatch.chdir(tmp_path)
+    out = check_parameters(NOTEBOOKS['002'], {'split': 'x.csv', 'data_root': 'nih', 'loss': 'bce'})
+    assert out == {'split': str(tmp_path / 'x.csv'), 'data_root': str(tmp_path / 'nih'), 'loss': 'bce'}
+    assert check_parameters(NOTEBOOKS['002'], {'split': 'official'})['split'] == 'official'
+
+
+@pytest.mark.parametrize('seed', sorted(NOTEBOOKS))
+def test_every_parameter_line_parses_for_papermill(seed):
+    "Defect: papermill could not parse parameter lines whose comments hold quotes (`loss`, `cb_scale`, ...)."
+    import json as _json
+    cells = _json.loads(NOTEBOOKS[seed].path.read_text())['cells']
+    cell = next(c for c in cells if 'parameters' in c['metadata'].get('tags', []))
+    names = [n.target.id for n in ast.parse(''.join(cell['source'])).body if isinstance(n, ast.AnnAssign)]
+    assert names and list(notebook_parameters(NOTEBOOKS[seed].path)) == names
+    smallest = NOTEBOOKS[seed].smallest
+    assert check_parameters(NOTEBOOKS[seed], smallest) == smallest   # the declared smallest setting is itself valid
+
+
+def test_cli_lists_the_notebooks(capsys):
+    assert main(['list']) == 0
+    out = capsys.readouterr().out
+    assert '002  Nugroho' in out and 'loss' in out and 'cb_scale' in out

@@ -160,3 +160,33 @@ def test_seed004_protocol_pinned(entry):
     s1 = seed004_subsample_split(entry, TV, TEST, seed=1)
     assert {k: len(v) for k, v in s1.items()} == {'train': 3460, 'val': 866, 'test': 1280}
     assert s1['train'].image.tolist() != s['train'].image.tolist()
+
+
+# patient ids (defects: '00000003' vs 3 missed; NaN ids gave an empty validation split) -------------
+def test_leakage_check_normalises_patient_ids():
+    a = pd.DataFrame({'image': ['x.png'], 'patient_id': ['00000003']})
+    for other in (3, 3.0, '3', ' 0003 '):
+        b = pd.DataFrame({'image': ['y.png'], 'patient_id': [other]})
+        with pytest.raises(CXRDataError, match=r"between splits 'train' and 'val': 1 patients in both"):
+            check_patient_disjoint({'train': a, 'val': b})
+    check_patient_disjoint({'train': a, 'val': a.assign(patient_id='00000004')})
+    check_patient_disjoint({'train': a.assign(patient_id='p3'), 'val': a.assign(patient_id='p03')})   # not numbers: as written
+
+
+def test_split_keeps_a_patient_written_two_ways_together():
+    t = _toy(n_patients=20, per_patient=2)
+    t['patient_id'] = [int(p) if i % 2 else p for i, p in enumerate(t['patient_id'])]   # '00000001' and 1: one patient
+    ids = lambda d: {int(p) for p in d['patient_id']}
+    for s in [patient_train_val_split(t, 0.3, seed=1), *patient_kfold(t, 4, seed=1)]:
+        assert len(s['val']) > 0 and not ids(s['train']) & ids(s['val'])
+
+
+def test_missing_patient_ids_stop_a_patient_split():
+    t = _toy(n_patients=10, per_patient=2)
+    t.loc[[1, 4, 7], 'patient_id'] = np.nan
+    for split in (lambda: patient_train_val_split(t, 0.2), lambda: patient_kfold(t, 3)):
+        with pytest.raises(CXRDataError, match=r"3 of 20 images have no patient_id.*patient_from_name="):
+            split()
+    allnan = t.assign(patient_id=np.nan)
+    with pytest.raises(CXRDataError, match=r"20 of 20 images have no patient_id"):
+        patient_train_val_split(allnan, 0.2)

@@ -8,7 +8,8 @@ import torch
 from torchvision.transforms import v2
 from cxr_notebooks.core import CXRDataError, seed_everything
 from cxr_notebooks.data.labels import NIH_LABELS
-from cxr_notebooks.data.synth import (SYNTH_LABELS, BOX_COLUMNS, Phantom, PhantomDataset, make_phantom, mask_to_box,
+from cxr_notebooks.data.contract import BOX_COLUMNS
+from cxr_notebooks.data.synth import (SYNTH_LABELS, Phantom, PhantomDataset, make_phantom, mask_to_box,
                                  write_phantom_folder)
 
 
@@ -30,7 +31,7 @@ def test_phantom_contract_and_anatomical_rules(size):
         p = make_phantom(size, SYNTH_LABELS, seed)
         assert p.image.shape == p.lung_mask.shape == (size, size) and p.image.dtype == p.lung_mask.dtype == np.uint8
         assert set(np.unique(p.lung_mask)) == {0, 1} and cv2.connectedComponents(p.lung_mask)[0] == 3  # two lungs
-        assert p.labels == SYNTH_LABELS and list(p.boxes.columns) == BOX_COLUMNS
+        assert p.labels == SYNTH_LABELS and tuple(p.boxes.columns) == BOX_COLUMNS
         assert sorted(p.boxes.label) == sorted(SYNTH_LABELS) and (p.boxes.image == p.name).all()
         for r in p.boxes.itertuples():
             m = p.lesion_masks[r.label]
@@ -65,7 +66,7 @@ def test_alias_name_and_empty_box_table():
     p = make_phantom(64, 'Infiltrate', 0, name='x.png')
     assert p.labels == ('Infiltration',) and list(p.boxes.image) == ['x.png']
     e = make_phantom(64)
-    assert e.labels == () and e.lesion_masks == {} and len(e.boxes) == 0 and list(e.boxes.columns) == BOX_COLUMNS
+    assert e.labels == () and e.lesion_masks == {} and len(e.boxes) == 0 and tuple(e.boxes.columns) == BOX_COLUMNS
     assert mask_to_box(np.zeros((4, 4), np.uint8)) is None
 
 
@@ -145,7 +146,7 @@ def test_write_phantom_folder(tmp_path):
     with pytest.raises(CXRDataError, match='images_per_patient=0'):
         write_phantom_folder(tmp_path / 'x', 2, images_per_patient=0)
     empty, eb = write_phantom_folder(tmp_path / 'e', 0, 32)
-    assert len(empty) == 0 and len(eb) == 0 and list(eb.columns) == BOX_COLUMNS
+    assert len(empty) == 0 and len(eb) == 0 and tuple(eb.columns) == BOX_COLUMNS
 
 
 def test_effusion_is_learnable_by_a_small_cnn():

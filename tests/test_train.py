@@ -1,5 +1,10 @@
 "Contract tests for cxr_notebooks.train.learner: exact resume, determinism, NaN handling, early stopping, accumulation."
+import functools
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -9,11 +14,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import cxr_notebooks.train.learner as train_mod
-from cxr_notebooks.core import seed_everything
+from cxr_notebooks.core import CXRDataError, seed_everything
 from cxr_notebooks.train.learner import (Learner, NonFiniteLossError, atomic_save, create_optimizer, create_scheduler,
                                  predict)
 
-torch.set_num_threads(1)
 COLS = ['epoch', 'train_loss', 'val_loss', 'val_auroc', 'lr']
 
 
@@ -34,16 +38,17 @@ def cnn():
     return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Dropout(0.2), nn.Linear(108, 2))
 
 
-def make(out_dir, opt='adam', sched='cosine', generator=False, init_seed=0, loss=None, **kw):
-    "A fresh model/loaders/optimizer/scheduler/Learner, everything rebuilt from scratch."
+def make(out_dir, opt='adam', sched='cosine', generator=False, init_seed=0, loss=None, horizon=4, sched_kw=None,
+         valid=None, named=False, **kw):
+    "A fresh model/loaders/optimizer/scheduler (built for `horizon` epochs, or by name in `fit` if `named`)/Learner."
     seed_everything(init_seed)
     model = cnn()
     gen = torch.Generator().manual_seed(5) if generator else None
     tdl = DataLoader(Toy(40, 1), batch_size=8, shuffle=True, generator=gen)
-    vdl = DataLoader(Toy(24, 2), batch_size=12)
+    vdl = DataLoader(valid or Toy(24, 2), batch_size=12)
     o = create_optimizer(opt, model, lr=1e-2)
-    return Learner(model, tdl, vdl, loss or nn.BCEWithLogitsLoss(), o, create_scheduler(sched, o, epochs=4),
-                   out_dir=out_dir, progress=False, **kw)
+    scheduler = sched if named else create_scheduler(sched, o, horizon, **(sched_kw or {}))
+    return Learner(model, tdl, vdl, loss or nn.BCEWithLogitsLoss(), o, scheduler, out_dir=out_dir, progress=False, **kw)
 
 
 def weights(learn):
@@ -98,8 +103,8 @@ def test_determinism_and_files(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / 'a' / 'history.csv')[COLS], ha[COLS], check_exact=False)
     assert pd.read_json(tmp_path / 'a' / 'history.json')['epoch'].tolist() == [1, 2, 3]
     ck = torch.load(tmp_path / 'a' / 'last.pt', weights_only=True)
-    assert {'model', 'optimizer', 'scheduler', 'scaler', 'epoch', 'history', 'best_metric', 'best_epoch',
-            'bad_epochs', 'rng'} <= set(ck)
+    assert {'model', 'optimizer', 'scaler', 'epoch', 'history', 'best_metric', 'best_epoch',
+            'bad_epochs', 'rng'} <= set(ck)  # no scheduler state: fit rebuilds/rewinds it and replays the history
     best = torch.load(tmp_path / 'a' / 'best.pt', weights_only=True)
     assert best['epoch'] == a.best_epoch == int(ha.loc[ha['val_auroc'].idxmax(), 'epoch'])
     assert same_weights(list(best['model'].values()), weights(a))  # model selection: best weights loaded
@@ -251,3 +256,236 @@ def test_bad_arguments(tmp_path):
 def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys):
     h = make(tmp_path / 'new').fit(1, resume=True)
     assert len(h) == 1 and 'not found' in capsys.readouterr().out
+
+
+# --- Defects: resume after SIGKILL with loader workers, extended horizon, plateau mode, last accumulation group,
+# --- a validation split without positives.
+
+KILL_SCRIPT = textwrap.dedent('''
+    "Train 3 epochs with one-worker loaders and random augmentation; argv: out_dir, resume (0/1), SIGKILL at training call."
+    import os, random, signal, sys
+    import numpy as np
+    import torch
+    from torch import nn
+    from cxr_notebooks.core import seed_everything
+    from cxr_notebooks.data.datasets import make_dataloader
+    from cxr_notebooks.train.learner import Learner, create_optimizer, create_scheduler
+
+    class Jittered(torch.utils.data.Dataset):
+        "A bright pixel per positive label under noise, brightness and flips drawn in the worker (torch, NumPy, random)."
+        def __init__(self, n, seed):
+            self.y = (torch.rand(n, 2, generator=torch.Generator().manual_seed(seed)) < 0.5).float()
+        def __len__(self): return len(self.y)
+        def __getitem__(self, i):
+            x = torch.randn(1, 6, 6) * 0.5 + float(np.random.rand())
+            x[0, 1, 1] += 2 * self.y[i, 0]; x[0, 4, 4] += 2 * self.y[i, 1]
+            return {'image': x.flip(-2) if random.random() < 0.5 else x, 'label': self.y[i], 'label_mask': torch.ones(2), 'index': i}
+
+    if __name__ == '__main__':
+        out, resume, kill_at = sys.argv[1], sys.argv[2] == '1', int(sys.argv[3])
+        torch.set_num_threads(1); seed_everything(0)
+        model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Dropout(0.2), nn.Linear(108, 2))
+        train = make_dataloader(Jittered(40, 1), 8, shuffle=True, seed=3, num_workers=1)
+        valid = make_dataloader(Jittered(24, 2), 12, shuffle=False, seed=4, num_workers=1)
+        calls = [0]
+        def loss(logits, target):
+            if torch.is_grad_enabled():
+                calls[0] += 1
+                if calls[0] == kill_at: os.kill(os.getpid(), signal.SIGKILL)  # kill -9: no cleanup, no finally
+            return nn.functional.binary_cross_entropy_with_logits(logits, target)
+        opt = create_optimizer('adam', model, 1e-2)
+        learn = Learner(model, train, valid, loss, opt, create_scheduler('cosine', opt, 3), out_dir=out, progress=False)
+        learn.fit(3, resume=resume)
+        torch.save(learn.model.state_dict(), os.path.join(out, 'final.pt'))
+''')
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_with_loader_workers(tmp_path):
+    script = tmp_path / 'train.py'; script.write_text(KILL_SCRIPT)
+    def run(name, resume=False, kill_at=0):
+        log = tmp_path / f'{name}-{int(resume)}.log'
+        with open(log, 'w') as f:  # not a pipe: an orphaned loader worker must not hold the call open
+            rc = subprocess.run([sys.executable, str(script), str(tmp_path / name), str(int(resume)), str(kill_at)],
+                                stdout=f, stderr=subprocess.STDOUT, timeout=600).returncode
+        return rc, log.read_text()
+    rc, log = run('full'); assert rc == 0, log
+    rc, log = run('cut', kill_at=6)  # 5 batches per epoch: killed at epoch 2's first step, right after epoch 1's last.pt
+    assert rc == -9, log
+    assert torch.load(tmp_path / 'cut' / 'last.pt', weights_only=True)['epoch'] == 1
+    rc, log = run('cut', resume=True); assert rc == 0, log
+    hist = {n: pd.read_csv(tmp_path / n / 'history.csv').drop(columns='seconds') for n in ('full', 'cut')}
+    assert len(hist['full']) == 3
+    pd.testing.assert_frame_equal(hist['cut'], hist['full'], check_exact=True)
+    for f in ('final.pt', 'last.pt'):
+        a, b = (torch.load(tmp_path / n / f, weights_only=True) for n in ('full', 'cut'))
+        if f == 'last.pt': a, b = a['model'], b['model']
+        assert same_weights(list(a.values()), list(b.values())), f
+
+
+def test_extending_a_finished_run_follows_the_new_horizon(tmp_path):
+    h_full = make(tmp_path / 'full', horizon=3).fit(3)
+    assert h_full['lr'].round(6).tolist() == [0.01, 0.0075, 0.0025]
+    make(tmp_path / 'ext', horizon=1).fit(1)  # the run as first planned: 1 epoch, cosine over 1 epoch
+    h_ext = make(tmp_path / 'ext', horizon=3).fit(3, resume=True)  # then extended to 3 (scheduler built for 3)
+    pd.testing.assert_frame_equal(h_ext[COLS], h_full[COLS])
+
+
+def test_named_scheduler_is_built_for_each_fit_horizon(tmp_path):
+    full = make(tmp_path / 'full', horizon=3)
+    h_full = full.fit(3)
+    learn = make(tmp_path / 'ext', named=True)
+    learn.fit(1)
+    h_ext = learn.fit(3, resume=True)  # the same object: the named scheduler follows fit's horizon
+    pd.testing.assert_frame_equal(h_ext[COLS], h_full[COLS])
+    assert same_weights(weights(learn), weights(full))
+
+
+def test_plateau_follows_the_learner_mode(tmp_path):
+    falling = [0.9, 0.8, 0.7, 0.6]
+    with pytest.raises(ValueError, match="mode 'max'.*mode='min'"):  # an instance watching the wrong direction
+        make(tmp_path / 'a', sched='plateau', sched_kw={'patience': 0}, metric=scripted(falling), mode='min')
+    ok = make(tmp_path / 'b', sched='plateau', sched_kw={'patience': 0, 'mode': 'min'}, metric=scripted(falling), mode='min')
+    assert ok.fit(4)['lr'].tolist() == [0.01] * 4  # a falling loss never cuts the LR
+    factory = functools.partial(create_scheduler, 'plateau', patience=0)  # built in fit with the learner's mode
+    named = make(tmp_path / 'c', 'adam', factory, named=True, metric=scripted(falling), mode='min')
+    assert named.fit(4)['lr'].tolist() == [0.01] * 4
+    rising = make(tmp_path / 'd', 'adam', factory, named=True, metric=scripted(falling[::-1]), mode='max')
+    assert rising.fit(4)['lr'].tolist() == [0.01] * 4
+    cut = make(tmp_path / 'e', 'adam', factory, named=True, metric=scripted(falling), mode='max')
+    assert cut.fit(4)['lr'].round(6).tolist() == [0.01, 0.01, 0.001, 0.0001]
+
+
+def test_partial_accumulation_group_is_averaged_over_its_batches(tmp_path):
+    # 5 batches of 4 with grad_accum_steps=2: groups of 2, 2 and 1 batches = big batches of 8, 8 and 4
+    w_acc, w0, s_acc = linear_run(tmp_path / 'a', 4, 2, n=20)
+    w_big, _, s_big = linear_run(tmp_path / 'b', 8, 1, n=20)
+    assert s_acc == s_big == 3
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(w_acc, w_big))
+
+
+def test_validation_without_positives_stops_before_a_second_epoch(tmp_path):
+    empty = Toy(24, 2); empty.y.zero_()
+    calls = []
+    def loss(logits, target):
+        if torch.is_grad_enabled(): calls.append(1)
+        return nn.functional.binary_cross_entropy_with_logits(logits, target)
+    learn = make(tmp_path, valid=empty, loss=loss)
+    with pytest.raises(CXRDataError, match=r"val_auroc.*no class with both positive and negative labels"):
+        learn.fit(3)
+    assert len(calls) <= 5 and learn.epoch == 0 and not (tmp_path / 'last.pt').exists()
+
+
+def test_validation_table_without_positives_stops_before_training(tmp_path, sample_table):
+    from cxr_notebooks.data.datasets import CXRDataset, make_dataloader
+    from cxr_notebooks.data.labels import NIH_LABELS
+    healthy = sample_table[sample_table[list(NIH_LABELS)].sum(axis=1) == 0].head(4)
+    valid = make_dataloader(CXRDataset(healthy, NIH_LABELS, image_size=32), 2, shuffle=False, num_workers=0)
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, len(NIH_LABELS)))
+    calls = []
+    def loss(logits, target):
+        calls.append(1); return nn.functional.binary_cross_entropy_with_logits(logits, target)
+    learn = Learner(model, valid, valid, loss, create_optimizer('adam', model, 1e-3), out_dir=tmp_path, progress=False)
+    with pytest.raises(CXRDataError, match='val_auroc'):
+        learn.fit(1)
+    assert calls == []
+
+
+# --- The open step, registries, device handling.
+
+class TwoHeads(nn.Module):
+    "cnn() features under the label head and an auxiliary 'any label' head; returns a dict."
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten())
+        self.head, self.any = nn.Linear(108, 2), nn.Linear(108, 1)
+    def forward(self, x):
+        h = self.features(x)
+        return {'logits': self.head(h), 'any': self.any(h)}
+
+
+def two_head_step(model, batch, loss_fn):
+    assert type(batch['image']) is torch.Tensor and batch['image'].device.type == 'cpu'
+    out = model(batch['image'])
+    if loss_fn is None: return None, out
+    ce, aux = loss_fn(out['logits'], batch['label']), loss_fn(out['any'], batch['label'].amax(1, keepdim=True))
+    return ce + 0.5 * aux, {'logits': out['logits'], 'loss_terms': {'ce': ce, 'aux': aux}}
+
+
+def test_custom_step_with_dict_outputs_and_loss_terms(tmp_path):
+    seed_everything(0); model = TwoHeads()
+    tdl, vdl = DataLoader(Toy(40, 1), batch_size=8, shuffle=True), DataLoader(Toy(24, 2), batch_size=12)
+    learn = Learner(model, tdl, vdl, nn.BCEWithLogitsLoss(), create_optimizer('adam', model, 1e-2), 'cosine',
+                    step=two_head_step, out_dir=tmp_path, progress=False)
+    h = learn.fit(4)
+    assert h.columns.tolist() == ['epoch', 'train_loss', 'train_ce', 'train_aux', 'val_loss', 'val_ce', 'val_aux',
+                                  'val_auroc', 'lr', 'seconds']
+    assert np.allclose(h['train_loss'], h['train_ce'] + 0.5 * h['train_aux'], atol=1e-6)
+    assert np.allclose(h['val_loss'], h['val_ce'] + 0.5 * h['val_aux'], atol=1e-6)
+    assert h['train_ce'].iloc[-1] < h['train_ce'].iloc[0] and h['val_auroc'].iloc[-1] > 0.6, h
+    assert pd.read_csv(tmp_path / 'history.csv').columns.tolist() == h.columns.tolist()
+    probs, labels = predict(learn.model, vdl, step=two_head_step)
+    assert probs.shape == labels.shape == (24, 2)
+    again = Learner(TwoHeads(), tdl, vdl, nn.BCEWithLogitsLoss(), create_optimizer('adam', model, 1e-2), 'cosine',
+                    step=two_head_step, out_dir=tmp_path, progress=False)
+    pd.testing.assert_frame_equal(again.fit(4, resume=True), h)  # the terms survive a resume
+
+
+def test_evaluation_step_may_enable_grad(tmp_path):
+    "A Grad-CAM-like step: at evaluation it needs the gradient of the logits w.r.t. the input."
+    saliency = []
+    def step(model, batch, loss_fn):
+        with torch.enable_grad():
+            x = batch['image'].clone().requires_grad_(True)
+            logits = model(x)
+            if not model.training:
+                (g,) = torch.autograd.grad(logits.sum(), x)
+                saliency.append(g.abs().sum().item())
+        loss = None if loss_fn is None else loss_fn(logits, batch['label'])
+        return loss, {'logits': logits.detach() if not model.training else logits}
+    learn = make(tmp_path, step=step)
+    h = learn.fit(1)
+    assert len(saliency) == 2 and all(s > 0 for s in saliency) and np.isfinite(h['val_loss']).all()
+    probs, _ = predict(learn.model, DataLoader(Toy(10, 3), batch_size=5), step=step)
+    assert probs.shape == (10, 2) and len(saliency) == 4
+
+
+def test_step_outputs_are_checked(tmp_path):
+    with pytest.raises(TypeError, match="'logits'"):
+        make(tmp_path / 'a', step=lambda m, b, f: (f(m(b['image']), b['label']), {'probs': 0})).fit(1)
+    def bad_term(m, b, f):
+        z = m(b['image']); return f(z, b['label']), {'logits': z, 'loss_terms': {'per_sample': z.sum(1)}}
+    with pytest.raises(ValueError, match="'per_sample'"): make(tmp_path / 'b', step=bad_term).fit(1)
+
+
+def test_batch_moved_with_tv_tensors_unwrapped_and_channels_last(tmp_path):
+    from torchvision import tv_tensors
+    class Wrapped(Toy):
+        def __getitem__(self, i):
+            s = super().__getitem__(i); s['image'] = tv_tensors.Image(s['image']); return s
+    seen = []
+    def step(model, batch, loss_fn):
+        seen.append((type(batch['image']), batch['image'].is_contiguous(memory_format=torch.channels_last)))
+        return train_mod.classification_step(model, batch, loss_fn)
+    seed_everything(0); model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    dl = DataLoader(Wrapped(8, 1), batch_size=4)
+    Learner(model, dl, dl, nn.BCEWithLogitsLoss(), create_optimizer('adam', model, 1e-3), step=step, channels_last=True,
+            out_dir=tmp_path, progress=False).fit(1)
+    assert seen == [(torch.Tensor, True)] * 4
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_registries():
+    assert train_mod.SCHEDULERS.names() == ['plateau', 'step', 'cosine']
+    assert train_mod.OPTIMIZERS.get('Ranger') == 'lookahead_radam'
+    assert set(train_mod.ACTIVATIONS.names()) == {'sigmoid', 'softmax', 'none'}
+    opt = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=1.0)
+    assert create_scheduler('reduce-on-plateau', opt, 5, mode='min').mode == 'min'
+    with pytest.raises(ValueError, match="mode='up'"): create_scheduler('plateau', opt, 5, mode='up')
+    z = torch.tensor([[0.0, 2.0]])
+    probs, _ = predict(nn.Identity(), [{'image': z, 'label': z}], activation=None)
+    assert np.array_equal(probs, z.numpy())
+    with pytest.raises(ValueError, match='scheduler=3'):
+        Learner(cnn(), [], [], nn.BCEWithLogitsLoss(), opt, scheduler=3, out_dir='unused')
+    with pytest.raises(ValueError, match="unknown scheduler 'linear'"):
+        Learner(cnn(), [], [], nn.BCEWithLogitsLoss(), opt, scheduler='linear', out_dir='unused')

@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 from ..core import CXRDataError, require_columns
+from .contract import IMAGE_COLUMNS, XYXY_COLUMNS
 from .labels import NIH_LABELS, NO_FINDING, canonical_label
 
 # %% auto #0
@@ -91,7 +92,7 @@ def _parse_boxes(df: pd.DataFrame, cols: Sequence[str], fmt: str, label_col: str
                                f"negative coordinates; expected 0 <= x_min < x_max and 0 <= y_min < y_max")
         lab = canonical_label(df[label_col].iat[i], vocab, where_in_csv(source, i, label_col))
         out.append((i, lab, x0, y0, x1, y1))
-    return pd.DataFrame(out, columns=['row', 'label', 'x_min', 'y_min', 'x_max', 'y_max'])
+    return pd.DataFrame(out, columns=['row', 'label', *XYXY_COLUMNS])
 
 def _names_matrix(values: pd.Series, vocab: Sequence[str], source: str, column: str) -> np.ndarray:
     "Multi-hot float32 rows over `vocab` from `|`-separated names (`No Finding` = none unless in vocab)."
@@ -173,7 +174,7 @@ def read_image_table_csv(csv_path: str | os.PathLike, image_root: str | os.PathL
     if boxes is None: return out, None
     boxes.insert(0, 'image', df[image_col].to_numpy()[boxes['row'].to_numpy(int)] if len(boxes) else [])
     if check_files and len(boxes): _check_boxes_inside(boxes, out.set_index('image')['path'], src)
-    return out, boxes.drop(columns='row').astype({c: float for c in ('x_min', 'y_min', 'x_max', 'y_max')})
+    return out, boxes.drop(columns='row').astype(dict.fromkeys(XYXY_COLUMNS, float))
 
 def _check_boxes_inside(boxes: pd.DataFrame, paths: pd.Series, source: str) -> None:
     "`CXRDataError` for the first box reaching outside its image (size from the file header)."
@@ -247,6 +248,6 @@ def read_class_folders(root: str | os.PathLike, split: str | Sequence[str] | Non
             if not files: raise CXRDataError(f"{cdirs[cls]}: empty class folder (no {'/'.join(extensions)} files) for class {cls!r}")
             rows += [(f.relative_to(root).as_posix(), str(f), patient(f), s) for f in files]
             onehot += [k] * len(files)
-    out = pd.DataFrame(rows, columns=['image', 'path', 'patient_id', 'split'])
+    out = pd.DataFrame(rows, columns=[*IMAGE_COLUMNS, 'split'])
     y = pd.DataFrame(np.eye(len(classes), dtype=np.float32)[onehot], columns=list(classes))
-    return pd.concat([out[['image', 'path', 'patient_id']], y, out[['split']]], axis=1)
+    return pd.concat([out[list(IMAGE_COLUMNS)], y, out[['split']]], axis=1)

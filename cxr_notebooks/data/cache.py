@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 import numpy as np
+from filelock import FileLock
 from tqdm.auto import tqdm
 from ..core import CXRDataError
 from .datasets import _area_resize, _decode, usable_cpus
@@ -34,14 +35,16 @@ class ImageCache:
     "An on-disk N x S x S uint8 cache of images decoded and area-resized once (`build`, `open`)."
     def __init__(self, index_path: str | os.PathLike):
         self.index_path = Path(index_path)
-        try: meta = json.loads(self.index_path.read_text())
-        except (OSError, ValueError) as e: raise CXRDataError(f"{self.index_path}: no readable cache index ({e})") from None
-        self.size, self.data_path = int(meta['size']), self.index_path.parent / meta['data']
-        self.entries = meta['entries']
+        for attempt in range(2):   # a rebuild may replace the index between reading it and mapping its pixel file
+            try: meta = json.loads(self.index_path.read_text())
+            except (OSError, ValueError) as e: raise CXRDataError(f"{self.index_path}: no readable cache index ({e})") from None
+            self.size, self.data_path = int(meta['size']), self.index_path.parent / meta['data']
+            self.entries = meta['entries']
+            self._data = None
+            try: self.data; break   # map the pixel file now: a later rebuild's unlink cannot take it away
+            except CXRDataError:
+                if attempt: raise
         self._pos = {e[0]: i for i, e in enumerate(self.entries)}
-        self._data = None
-        if not self.data_path.is_file():
-            raise CXRDataError(f"{self.index_path}: its pixel file {self.data_path.name} is missing; rebuild the cache")
 
     @staticmethod
     def index_file(cache_dir: str | os.PathLike, size: int, name: str = 'images') -> Path:
@@ -70,40 +73,45 @@ class ImageCache:
         "Decode and resize each of `paths` (repeats cached once) into the cache at `size` px, reused while fresh."
         cache_dir = Path(cache_dir); cache_dir.mkdir(parents=True, exist_ok=True)
         index = cls.index_file(cache_dir, size, name)
-        if index.is_file() and not rebuild:
+        with FileLock(index.with_suffix('.json.lock')):   # one builder at a time; the next one reuses its result
+            if index.is_file() and not rebuild:
+                try:
+                    c = cls(index)
+                    if c.size == size and c.is_fresh(paths): return c
+                except CXRDataError: pass
+            keys = list(dict.fromkeys(os.path.abspath(p) for p in paths))   # each file once, first-seen order
+            data_name = f'{name}_{size}px.{uuid.uuid4().hex[:12]}.npy'
+            data_path, tmp_index = cache_dir / data_name, index.with_suffix(f'.json.tmp-{os.getpid()}')
+            workers = num_workers if num_workers is not None else usable_cpus()
             try:
-                c = cls(index)
-                if c.size == size and c.is_fresh(paths): return c
-            except CXRDataError: pass
-        keys = list(dict.fromkeys(os.path.abspath(p) for p in paths))   # each file once, first-seen order
-        data_name = f'{name}_{size}px.{uuid.uuid4().hex[:12]}.npy'
-        data_path, tmp_index = cache_dir / data_name, index.with_suffix(f'.json.tmp-{os.getpid()}')
-        workers = num_workers if num_workers is not None else usable_cpus()
-        try:
-            arr = np.lib.format.open_memmap(data_path, mode='w+', dtype=np.uint8, shape=(len(keys), size, size))
-            entries = []
-            ex = ThreadPoolExecutor(max(1, workers))
-            try:
-                it = ex.map(lambda p: _decode_resized(p, size), keys)
-                for i, (entry, img) in enumerate(tqdm(it, total=len(keys), disable=not progress, desc=f'caching {size}px')):
-                    arr[i] = img
-                    entries.append(entry)
-            finally: ex.shutdown(wait=True, cancel_futures=True)   # on an error, don't decode the rest first
-            arr.flush(); del arr
-            tmp_index.write_text(json.dumps({'version': 1, 'size': size, 'data': data_name, 'entries': entries}))
-            os.replace(tmp_index, index)
-        except BaseException:
-            for f in (data_path, tmp_index): f.unlink(missing_ok=True)
-            raise
-        c = cls(index)
-        for old in cache_dir.glob(f'{name}_{size}px.*.npy'):   # pixel files of earlier builds
-            if old.name != c.data_path.name: old.unlink(missing_ok=True)
+                arr = np.lib.format.open_memmap(data_path, mode='w+', dtype=np.uint8, shape=(len(keys), size, size))
+                entries = []
+                ex = ThreadPoolExecutor(max(1, workers))
+                try:
+                    it = ex.map(lambda p: _decode_resized(p, size), keys)
+                    for i, (entry, img) in enumerate(tqdm(it, total=len(keys), disable=not progress, desc=f'caching {size}px')):
+                        arr[i] = img
+                        entries.append(entry)
+                finally: ex.shutdown(wait=True, cancel_futures=True)   # on an error, don't decode the rest first
+                arr.flush(); del arr
+                tmp_index.write_text(json.dumps({'version': 1, 'size': size, 'data': data_name, 'entries': entries}))
+                os.replace(tmp_index, index)
+            except BaseException:
+                for f in (data_path, tmp_index): f.unlink(missing_ok=True)
+                raise
+            c = cls(index)
+            for old in cache_dir.glob(f'{name}_{size}px.*.npy'):   # pixel files of earlier builds; open readers keep their mapping
+                if old.name != c.data_path.name: old.unlink(missing_ok=True)
         return c
 
     @property
     def data(self) -> np.ndarray:
-        "The N x S x S uint8 pixels, memory-mapped read-only (opened lazily, so the cache pickles to workers)."
-        if self._data is None: self._data = np.load(self.data_path, mmap_mode='r')
+        "The N x S x S uint8 pixels, memory-mapped read-only (mapped again after unpickling, e.g. in a loader worker)."
+        if self._data is None:
+            try: self._data = np.load(self.data_path, mmap_mode='r')
+            except FileNotFoundError:
+                raise CXRDataError(f"{self.index_path}: its pixel file {self.data_path.name} is missing (replaced by a rebuild?); "
+                                   f"reopen or rebuild the cache") from None
         return self._data
 
     def __getstate__(self) -> dict: return {**self.__dict__, '_data': None}

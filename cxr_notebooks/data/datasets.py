@@ -12,23 +12,25 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 from ..core import CXRDataError, embedded_data_dir, require_columns
+from .contract import BOX_COLUMNS, XYXY_COLUMNS, make_sample
 from .labels import NIH_LABELS
-from .nih import BOX_COLUMNS, nih_sample_table, read_nih_boxes
+from .nih import nih_sample_table, read_nih_boxes
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'read_image', 'CXRDataset', 'default_transforms', 'collate_cxr', 'usable_cpus',
-           'make_dataloader', 'sample_dataset']
+__all__ = ['read_image', 'CXRDataset', 'default_transforms', 'collate_cxr', 'usable_cpus', 'make_dataloader', 'sample_dataset']
 
 # %% ../../nbs/data/16_datasets.ipynb #ba246b18
 def _decode(path: str | os.PathLike) -> np.ndarray:
     "The uint8 HxW grayscale pixels of an image file at its stored size."
     p = Path(path)
     if not p.is_file(): raise CXRDataError(f"{p}: image file not found")
-    img = cv2.imread(str(p), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
-    if img is None or img.size == 0: raise CXRDataError(f"{p}: not a readable PNG/JPEG (corrupt, truncated or a Git-LFS pointer?)")
+    data = p.read_bytes()
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data else None
+    if img is None or img.size == 0:
+        raise CXRDataError(f"{p}: not a readable PNG/JPEG ({len(data)} bytes: corrupt, truncated or a Git-LFS pointer?)")
     if img.ndim == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
     if img.dtype == np.uint16: img = (img.astype(np.float32) * (255 / 65535)).round().astype(np.uint8)
@@ -44,21 +46,9 @@ def read_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     "A uint8 HxW grayscale image from a PNG/JPEG, area-resized to `size` x `size` if given."
     return _area_resize(_decode(path), size)
 
-# %% ../../nbs/data/16_datasets.ipynb #f5316e55
-def _drop_empty_boxes(sample: dict) -> dict:
-    "Clamp `sample['boxes']` to the image and drop boxes (and their labels) with no area left."
-    b = sample['boxes']
-    h, w = b.canvas_size
-    xyxy = b.as_subclass(torch.Tensor).clone()
-    xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w); xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
-    keep = ((xyxy[:, 2] - xyxy[:, 0]) > 1e-3) & ((xyxy[:, 3] - xyxy[:, 1]) > 1e-3)
-    sample['boxes'] = tv_tensors.BoundingBoxes(xyxy[keep], format='XYXY', canvas_size=(h, w))
-    sample['box_labels'] = sample['box_labels'][keep]
-    return sample
-
 # %% ../../nbs/data/16_datasets.ipynb #d8d2a6de
 class CXRDataset(Dataset):
-    "Samples `{image, label, label_mask, index[, boxes, box_labels][, mask]}` from an image table."
+    "The `data.contract` sample dicts (`make_sample`) of the images of an image table, with its boxes and masks."
     def __init__(self, table: pd.DataFrame, labels: Sequence[str], transform: Callable | None = None,
                  boxes: pd.DataFrame | None = None, image_size: int | None = None, channels: int = 3,
                  cache: Any = None, name: str = 'image table'):
@@ -96,7 +86,7 @@ class CXRDataset(Dataset):
             require_columns(boxes, BOX_COLUMNS, 'box table')
             keep = boxes[boxes['label'].isin(self.labels)]
             names = self.table['image'] if 'image' in self.table.columns else self.table['path'].map(lambda p: Path(p).name)
-            self.boxes = {img: (g[['x_min', 'y_min', 'x_max', 'y_max']].to_numpy(np.float32),
+            self.boxes = {img: (g[list(XYXY_COLUMNS)].to_numpy(np.float32),
                                 np.array([self.labels.index(l) for l in g['label']], np.int64))
                           for img, g in keep.groupby('image', sort=False)}
             self._names = names.astype(str).tolist()
@@ -114,33 +104,23 @@ class CXRDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         img, (h0, w0) = self._pixels(i)
         h, w = img.shape
-        x = torch.from_numpy(np.ascontiguousarray(img)).float().div_(255).unsqueeze(0)
-        s = {'image': tv_tensors.Image(x.expand(self.channels, h, w).contiguous()),
-             'label': torch.from_numpy(self._y[i]), 'label_mask': torch.from_numpy(self._mask[i]), 'index': i}
+        boxes = box_labels = mask = None
         if self.boxes is not None:
-            b, bl = self.boxes.get(self._names[i], (np.zeros((0, 4), np.float32), np.zeros(0, np.int64)))
-            b = torch.from_numpy(b * np.array([w / w0, h / h0, w / w0, h / h0], np.float32))
-            s['boxes'] = tv_tensors.BoundingBoxes(b, format='XYXY', canvas_size=(h, w))
-            s['box_labels'] = torch.from_numpy(bl)
+            b, box_labels = self.boxes.get(self._names[i], (np.zeros((0, 4), np.float32), np.zeros(0, np.int64)))
+            boxes = b * np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
         if self.mask_paths is not None:
             m = cv2.resize(_decode(self.mask_paths[i]), (w, h), interpolation=cv2.INTER_NEAREST)
-            s['mask'] = tv_tensors.Mask(torch.from_numpy((m > m.max() // 2).astype(np.uint8)).unsqueeze(0))   # 0/1 or 0/255 files
-        if self.transform is not None:
-            s = self.transform(s)
-            if 'boxes' in s: s = _drop_empty_boxes(s)
-        return s
+            mask = (m > m.max() // 2).astype(np.uint8)   # 0/1 or 0/255 files
+        return make_sample(img, self._y[i], i, self._mask[i], boxes, box_labels, mask, self.channels, self.transform)
 
 # %% ../../nbs/data/16_datasets.ipynb #711adc15
-IMAGENET_MEAN: tuple[float, ...] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, ...] = (0.229, 0.224, 0.225)
-
 def default_transforms(image_size: int, train: bool, normalize: str | None = 'imagenet',
                        rotation: float = 15.0, crop_scale: tuple[float, float] = (0.8, 1.0)) -> v2.Compose:
     "The v2 pipeline for a sample dict: light crop/flip/rotation when `train`, resize, normalization."
     size = (image_size, image_size)
     steps = ([v2.RandomResizedCrop(size, scale=crop_scale, ratio=(0.9, 1.1), antialias=True),
               v2.RandomHorizontalFlip(), v2.RandomRotation(rotation)] if train else [v2.Resize(size, antialias=True)])
-    if normalize == 'imagenet': steps.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    if normalize == 'imagenet': steps.append(v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
     elif normalize == 'half': steps.append(v2.Normalize([0.5], [0.5]))
     elif normalize is not None: raise CXRDataError(f"normalize={normalize!r}: expected 'imagenet', 'half' or None")
     return v2.Compose(steps)

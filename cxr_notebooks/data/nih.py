@@ -11,12 +11,12 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from ..core import CXRDataError, embedded_data_dir, require_columns
+from .contract import XYXY_COLUMNS
 from .labels import NIH_LABELS, NIH_BOX_LABELS, canonical_label, finding_labels_matrix
 
 # %% auto #0
-__all__ = ['DATA_ENTRY_COLUMNS', 'BOX_COLUMNS', 'GOOGLE2019_LABELS', 'read_data_entry', 'embedded_data_entry', 'read_nih_boxes',
-           'read_id_list', 'read_google2019_labels', 'find_nih_images', 'attach_image_paths', 'load_nih',
-           'nih_sample_table']
+__all__ = ['DATA_ENTRY_COLUMNS', 'GOOGLE2019_LABELS', 'read_data_entry', 'embedded_data_entry', 'read_nih_boxes', 'read_id_list',
+           'read_google2019_labels', 'find_nih_images', 'attach_image_paths', 'load_nih', 'nih_sample_table']
 
 # %% ../../nbs/data/12_nih.ipynb #9e624fec
 #: Data_Entry column -> image-table column (the first nine are required).
@@ -70,7 +70,6 @@ def embedded_data_entry() -> pd.DataFrame:
 
 # %% ../../nbs/data/12_nih.ipynb #757d8bb2
 _BBOX_COLUMNS = ['Image Index', 'Finding Label', 'Bbox [x', 'y', 'w', 'h]']
-BOX_COLUMNS: tuple[str, ...] = ('image', 'label', 'x_min', 'y_min', 'x_max', 'y_max')
 
 def read_nih_boxes(path: str | Path, stored_size: int | Mapping[str, int] | None = None,
                    source_size: int = 1024) -> pd.DataFrame:
@@ -96,7 +95,7 @@ def read_nih_boxes(path: str | Path, stored_size: int | Mapping[str, int] | None
         out = out[out['image'].isin(list(stored_size))].reset_index(drop=True)
         scale = out['image'].map(lambda n: stored_size[n] / source_size).to_numpy(float)
     else: scale = stored_size / source_size
-    out[list(BOX_COLUMNS[2:])] = out[list(BOX_COLUMNS[2:])].to_numpy(float) * np.asarray(scale).reshape(-1, 1)
+    out[list(XYXY_COLUMNS)] = out[list(XYXY_COLUMNS)].to_numpy(float) * np.asarray(scale).reshape(-1, 1)
     return out
 
 # %% ../../nbs/data/12_nih.ipynb #65592da7

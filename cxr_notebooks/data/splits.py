@@ -15,24 +15,43 @@ from .labels import NIH_LABELS
 from .nih import read_id_list
 
 # %% auto #0
-__all__ = ['check_patient_disjoint', 'check_no_empty_class', 'nih_official_split', 'chexnet_split', 'patient_train_val_split',
-           'patient_kfold', 'stratified_subsample', 'seed004_subsample_split']
+__all__ = ['patient_keys', 'check_patient_disjoint', 'check_no_empty_class', 'nih_official_split', 'chexnet_split',
+           'patient_train_val_split', 'patient_kfold', 'stratified_subsample', 'seed004_subsample_split']
 
 # %% ../../nbs/data/13_splits.ipynb #937f4eb8
+def _patient_key(v: object) -> str:
+    "One patient id as a comparable string: stripped, and a whole number (`3`, `3.0`, `'00000003'`) as its value `'3'`."
+    if isinstance(v, (float, np.floating)) and float(v).is_integer(): v = int(v)
+    s = str(v).strip()
+    return (s.lstrip('0') or '0') if s.isdecimal() else s
+
+def _patient_order_key(key: str) -> tuple:
+    "Sort key of a patient key: numbers first, in numeric order (as zero-padded ids sort), then the rest as text."
+    return (0, int(key), '') if key.isdecimal() else (1, 0, key)
+
+def patient_keys(table: pd.DataFrame, name: str = 'table') -> pd.Series:
+    "The `patient_id` column as comparable strings (see `_patient_key`); `CXRDataError` if absent or missing anywhere."
+    if 'patient_id' not in table.columns:
+        raise CXRDataError(f"{name} has no patient_id column; expected one to split by patient and check patient leakage")
+    ids = table['patient_id'].astype(object)
+    missing = ids.isna() | (ids.astype(str).str.strip() == '')
+    if missing.any():
+        raise CXRDataError(f"{name}: {int(missing.sum())} of {len(table)} images have no patient_id (first at row "
+                           f"{int(np.flatnonzero(missing.to_numpy())[0])}), so it cannot be split or checked by patient; "
+                           f"pass patient_from_name=... to read_class_folders (e.g. 'nih' or a regex with one group), "
+                           f"or give the table a patient_id column (a distinct id per image if each is its own patient)")
+    return ids.map(_patient_key)
+
 def check_patient_disjoint(splits: Mapping[str, pd.DataFrame]) -> None:
     "`CXRDataError` naming the two splits and the shared patients if any patient is in two splits."
-    patients = {}
-    for name, t in splits.items():
-        if 'patient_id' not in t.columns:
-            raise CXRDataError(f"split {name!r} has no patient_id column; expected one to check patient leakage")
-        patients[name] = set(t['patient_id'].astype(str))
+    patients = {name: dict(zip(patient_keys(t, f'split {name!r}'), t['patient_id'].astype(str))) for name, t in splits.items()}
     names = list(patients)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            shared = patients[a] & patients[b]
+            shared = sorted(patients[a].keys() & patients[b].keys(), key=_patient_order_key)
             if shared:
                 raise CXRDataError(f"patient leakage between splits {a!r} and {b!r}: {len(shared)} patients in both "
-                                   f"(e.g. {sorted(shared)[:5]}); expected patient-disjoint splits")
+                                   f"(e.g. {[patients[a][k] for k in shared[:5]]}); expected patient-disjoint splits")
 
 def check_no_empty_class(table: pd.DataFrame, labels: Sequence[str], split_name: str) -> None:
     "`CXRDataError` naming `split_name` and the labels without a single positive image in `table`."
@@ -119,8 +138,8 @@ def chexnet_split(table: pd.DataFrame, split_dir: str | Path, on_label_mismatch:
 # %% ../../nbs/data/13_splits.ipynb #aca6e8d9
 def _patient_order(table: pd.DataFrame, seed: int) -> pd.Series:
     "Image count per patient, patients in a seeded random order."
-    if 'patient_id' not in table.columns: raise CXRDataError("table has no patient_id column; expected one for a patient-level split")
-    sizes = table['patient_id'].astype(str).value_counts().sort_index()
+    sizes = patient_keys(table).value_counts()
+    sizes = sizes[sorted(sizes.index, key=_patient_order_key)]
     return sizes.iloc[np.random.default_rng(seed).permutation(len(sizes))]
 
 def patient_train_val_split(table: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0,
@@ -131,7 +150,7 @@ def patient_train_val_split(table: pd.DataFrame, val_fraction: float = 0.2, seed
     for patient, k in _patient_order(table, seed).items():
         if n_val == target: break
         if n_val + k <= target: val_patients.add(patient); n_val += k
-    is_val = table['patient_id'].astype(str).isin(val_patients).to_numpy()
+    is_val = patient_keys(table).isin(val_patients).to_numpy()
     splits = {'train': table[~is_val].reset_index(drop=True), 'val': table[is_val].reset_index(drop=True)}
     return _finish(splits, require_all_classes, labels)
 
@@ -144,7 +163,7 @@ def patient_kfold(table: pd.DataFrame, k: int = 5, seed: int = 0, require_all_cl
     fold_of, filled = {}, np.zeros(k, dtype=int)
     for patient, n in order.items():
         f = int(np.argmin(filled)); fold_of[patient] = f; filled[f] += n
-    fold = table['patient_id'].astype(str).map(fold_of).to_numpy()
+    fold = patient_keys(table).map(fold_of).to_numpy()
     return [_finish({'train': table[fold != f].reset_index(drop=True), 'val': table[fold == f].reset_index(drop=True)},
                     require_all_classes, labels) for f in range(k)]
 

@@ -11,18 +11,16 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torchvision import tv_tensors
 from ..core import CXRDataError
+from .contract import XYXY_COLUMNS, make_sample
 from .labels import canonical_label
 
 # %% auto #0
-__all__ = ['SYNTH_LABELS', 'BOX_COLUMNS', 'MIN_SIZE', 'Lung', 'mask_to_box', 'Phantom', 'make_phantom', 'PhantomDataset',
-           'write_phantom_folder']
+__all__ = ['SYNTH_LABELS', 'MIN_SIZE', 'Lung', 'mask_to_box', 'Phantom', 'make_phantom', 'PhantomDataset', 'write_phantom_folder']
 
 # %% ../../nbs/data/18_synth.ipynb #9b6f2ffa
 SYNTH_LABELS: tuple[str, ...] = ('Atelectasis', 'Cardiomegaly', 'Effusion', 'Infiltration', 'Mass', 'Nodule',
                                  'Pneumothorax', 'Consolidation')
-BOX_COLUMNS: list[str] = ['image', 'label', 'x_min', 'y_min', 'x_max', 'y_max']
 MIN_SIZE = 32
 _SHIFT = 4  # cv2 fixed-point bits: outlines are drawn with 1/16-pixel precision at every size
 
@@ -255,9 +253,9 @@ class Phantom:
     name: str = ''                          # the `image` value of the box table
 
 def _box_table(images: list[str], labels: list[str], xyxy: np.ndarray) -> pd.DataFrame:
-    "A box table (CONVENTIONS schema) from parallel image names, label names and an (n, 4) XYXY array."
+    "A box table (`data.contract.BOX_COLUMNS`) from parallel image names, label names and an (n, 4) XYXY array."
     return pd.DataFrame({'image': pd.Series(images, dtype='str'), 'label': pd.Series(labels, dtype='str'),
-                         **{c: xyxy[:, k] for k, c in enumerate(BOX_COLUMNS[2:])}})
+                         **{c: xyxy[:, k] for k, c in enumerate(XYXY_COLUMNS)}})
 
 def _check_size(size, where: str) -> int:
     "`size` as an int >= MIN_SIZE, else `CXRDataError`."
@@ -315,7 +313,7 @@ def _check_classes(classes, where: str) -> tuple[str, ...]:
     return out
 
 class PhantomDataset(torch.utils.data.Dataset):
-    "`n` phantoms as CONVENTIONS sample dicts; sample `i` depends only on (`seed`, `i`)."
+    "`n` phantoms as `data.contract` sample dicts; sample `i` depends only on (`seed`, `i`)."
     def __init__(self, n: int, size: int = 128, classes: Sequence[str] = ('Effusion', 'Pneumothorax'),
                  prevalence: float = 0.5, seed: int = 0, transform: Callable | None = None,
                  multi_label: bool = True, channels: int = 1):
@@ -352,17 +350,10 @@ class PhantomDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         p = self.phantom(i)
-        img = torch.from_numpy(p.image).float().div_(255)[None]
         cls = {c: k for k, c in enumerate(self.classes)}
-        S = self.size
-        out = dict(image=tv_tensors.Image(img.expand(self.channels, S, S).clone() if self.channels == 3 else img),
-                   label=torch.from_numpy(self.labels[i % self.n].copy()), label_mask=torch.ones(len(self.classes)),
-                   index=i % self.n,
-                   boxes=tv_tensors.BoundingBoxes(torch.tensor(p.boxes[BOX_COLUMNS[2:]].to_numpy(), dtype=torch.float32).reshape(-1, 4),
-                                                  format='XYXY', canvas_size=(S, S)),
-                   box_labels=torch.tensor([cls[l] for l in p.boxes['label']], dtype=torch.int64),
-                   mask=tv_tensors.Mask(torch.from_numpy(p.lung_mask)[None]))
-        return self.transform(out) if self.transform is not None else out
+        return make_sample(p.image, self.labels[i % self.n], i % self.n, boxes=p.boxes[list(XYXY_COLUMNS)].to_numpy(),
+                           box_labels=[cls[l] for l in p.boxes['label']], mask=p.lung_mask, channels=self.channels,
+                           transform=self.transform)
 
 # %% ../../nbs/data/18_synth.ipynb #ea18d601
 def write_phantom_folder(root: str | Path, n: int, size: int = 128, classes: Sequence[str] = ('Effusion', 'Pneumothorax'),

@@ -14,11 +14,11 @@ from torch import nn
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from ..core import CXRDataError
-from ..models.backbones import MODEL_SPECS, backbone_name, target_layer as resolve_layer
+from ..core import CXRDataError, Registry
+from ..models.backbones import BACKBONES, target_layer as resolve_layer
 
 # %% auto #0
-__all__ = ['CAM_METHODS', 'tokens_to_maps', 'compute_cam', 'overlay_cam']
+__all__ = ['CAM_METHODS', 'tokens_to_maps', 'cam_layer', 'compute_cam', 'overlay_cam']
 
 # %% ../../nbs/explain/40_cams.ipynb #72eb7dea
 def tokens_to_maps(x: torch.Tensor) -> torch.Tensor:
@@ -31,7 +31,9 @@ def tokens_to_maps(x: torch.Tensor) -> torch.Tensor:
         if s * s == n - skip: return x[:, skip:].reshape(x.shape[0], s, s, x.shape[2]).permute(0, 3, 1, 2)
     raise CXRDataError(f"target layer has {n} tokens: not a square grid (with or without a class token); pass a layer with spatial output")
 
-CAM_METHODS: dict[str, type] = {'gradcam': GradCAM, 'gradcam++': GradCAMPlusPlus, 'gradcampp': GradCAMPlusPlus}
+CAM_METHODS = Registry('CAM method')  # pytorch-grad-cam classes by name (case, '-', '_' ignored)
+CAM_METHODS.register('gradcam', GradCAM)
+CAM_METHODS.register('gradcam++', GradCAMPlusPlus, aliases=['gradcampp'])
 
 # %% ../../nbs/explain/40_cams.ipynb #2d2704ab
 @contextmanager
@@ -45,28 +47,27 @@ def _untouched(model: nn.Module):
         for p, rg, g in state: p.requires_grad_(rg); p.grad = g
         model.train(training)
 
-def _layer_for(model: nn.Module, layer: nn.Module | str | None, backbone: str | None) -> nn.Module:
-    "The target module: given, named, or the `MODEL_SPECS` layer of `backbone` / `model.cxr_backbone`."
+def cam_layer(model: nn.Module, layer: nn.Module | str | None = None, backbone: str | None = None) -> nn.Module:
+    "The CAM target module: `layer` itself, the module named `layer`, or the registered layer of `backbone` / `model.cxr_backbone`."
     if isinstance(layer, nn.Module): return layer
-    if layer is None and backbone is not None: layer = MODEL_SPECS[backbone_name(backbone)].target_layer
+    if layer is None and backbone is not None: layer = BACKBONES.get(backbone).target_layer
     return resolve_layer(model, layer)
 
 def compute_cam(model: nn.Module, images: torch.Tensor | np.ndarray, class_idx: int | Sequence[int],
                 method: str = 'gradcam', target_layer: nn.Module | str | None = None,
                 backbone: str | None = None) -> np.ndarray:
     "Grad-CAM / Grad-CAM++ maps (B, H, W) in [0, 1] of class `class_idx` (one int, or one per image) for `images` (B, C, H, W)."
-    cam_cls = CAM_METHODS.get(str(method).lower().replace('-', '').replace('_', ''))
-    if cam_cls is None: raise CXRDataError(f"method={method!r}; expected 'gradcam' or 'gradcam++'")
+    cam_cls = CAM_METHODS.get(method)
     x = torch.as_tensor(images, dtype=torch.float32)
     if x.ndim == 3: x = x[None]
     if x.ndim != 4: raise CXRDataError(f"images have shape {tuple(x.shape)}; expected (B, C, H, W) or (C, H, W)")
     idx = [int(class_idx)] * len(x) if np.ndim(class_idx) == 0 else [int(c) for c in class_idx]
-    if len(idx) != len(x): raise CXRDataError(f"{len(idx)} class indices for {len(x)} images; expected one int or one per image")
-    layer = _layer_for(model, target_layer, backbone)
+    if len(idx) != len(x): raise ValueError(f"{len(idx)} class indices for {len(x)} images; expected one int or one per image")
+    layer = cam_layer(model, target_layer, backbone)
     with _untouched(model):
         with torch.no_grad(): n_out = model(x[:1].to(next(model.parameters()).device)).shape[-1]
         bad = [c for c in idx if not 0 <= c < n_out]
-        if bad: raise CXRDataError(f"class_idx {bad[0]} out of range: the model has {n_out} outputs")
+        if bad: raise ValueError(f"class_idx {bad[0]} out of range: the model has {n_out} outputs")
         with cam_cls(model=model, target_layers=[layer], reshape_transform=tokens_to_maps) as cam:
             cam.compute_input_gradient = True  # parameters are frozen: let the gradient reach the target layer via the input
             maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in idx])

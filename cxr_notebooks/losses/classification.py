@@ -11,12 +11,12 @@ import pandas as pd
 import torch
 from torch import nn
 import torch.nn.functional as F
-from ..core import CXRDataError
+from ..core import CXRDataError, Registry
 from ..data.labels import NIH_LABELS
 
 # %% auto #0
-__all__ = ['SEED002_BETAS', 'SEED002_BETA', 'WEIGHT_SCHEMES', 'LOSS_NAMES', 'label_counts', 'wang_weights',
-           'effective_number_alpha', 'class_balanced_weights', 'WeightedBCELoss', 'WeightedFocalLoss', 'create_loss']
+__all__ = ['SEED002_BETAS', 'SEED002_BETA', 'WEIGHT_SCHEMES', 'LOSSES', 'label_counts', 'wang_weights', 'effective_number_alpha',
+           'class_balanced_weights', 'WeightedBCELoss', 'WeightedFocalLoss', 'create_loss']
 
 # %% ../../nbs/losses/35_classification.ipynb #57e65397
 def label_counts(image_table: pd.DataFrame, labels: Sequence[str] = NIH_LABELS) -> pd.DataFrame:
@@ -156,17 +156,34 @@ class WeightedFocalLoss(_SigmoidLoss):
                  + self.w_neg * a_neg * torch.exp(self.gamma * log_p) * (1 - target) * log_1p)
 
 # %% ../../nbs/losses/35_classification.ipynb #d04c9912
-LOSS_NAMES: tuple[str, ...] = ('bce', 'wbce', 'cb-bce', 'focal', 'wfocal')
+LOSSES = Registry('loss')
 
-def create_loss(name: str, pos_counts=None, n=None, beta: float = SEED002_BETA, alpha: float | None = 0.5,
-                gamma: float = 1.0, clip_negative: bool = False, scale: float = 1.0) -> nn.Module:
-    "A seed 002 loss by name ('bce', 'wbce', 'cb-bce', 'focal', 'wfocal') from training-split counts."
-    if name not in LOSS_NAMES: raise CXRDataError(f"loss {name!r} is unknown; expected one of {LOSS_NAMES}")
-    if name in ('bce', 'focal'):
-        return WeightedBCELoss() if name == 'bce' else WeightedFocalLoss(alpha=alpha, gamma=gamma)
-    if pos_counts is None:
-        raise CXRDataError(f"loss {name!r} needs pos_counts: the positives per class in the training split")
-    scheme = {'wbce': 'wang', 'cb-bce': 'cui', 'wfocal': 'proposed'}[name]
-    w = class_balanced_weights(pos_counts, n, beta, scheme, clip_negative=clip_negative, scale=scale)
-    w_pos, w_neg = w.w_pos.to_numpy(), w.w_neg.to_numpy()
-    return WeightedFocalLoss(w_pos, w_neg, alpha, gamma) if name == 'wfocal' else WeightedBCELoss(w_pos, w_neg)
+def _register_seed002(name: str, focal: bool, scheme: str) -> None:
+    "Register seed 002 loss `name`: weighted BCE or focal with `class_balanced_weights` `scheme` weights."
+    def factory(pos_counts=None, n=None, beta: float = SEED002_BETA, alpha: float | None = 0.5, gamma: float = 1.0,
+                clip_negative: bool = False, scale: float = 1.0) -> nn.Module:
+        w = {}
+        if scheme != 'none':
+            if pos_counts is None: raise ValueError(f"loss {name!r} needs pos_counts: the positives per class in the training split")
+            cw = class_balanced_weights(pos_counts, n, beta, scheme, clip_negative=clip_negative, scale=scale)
+            w = dict(w_pos=cw.w_pos.to_numpy(), w_neg=cw.w_neg.to_numpy())
+        return WeightedFocalLoss(**w, alpha=alpha, gamma=gamma) if focal else WeightedBCELoss(**w)
+    factory.__doc__ = f"Seed 002 {name!r}: {'focal' if focal else 'BCE'} loss with {scheme!r} class weights."
+    LOSSES.register(name, factory)
+
+for _name, _focal, _scheme in [('bce', False, 'none'), ('wbce', False, 'wang'), ('cb-bce', False, 'cui'),
+                               ('focal', True, 'none'), ('wfocal', True, 'proposed')]:
+    _register_seed002(_name, _focal, _scheme)
+
+def create_loss(name: str,                   # a `LOSSES` name: 'bce', 'wbce', 'cb-bce', 'focal', 'wfocal' (or a registered one)
+                pos_counts=None,             # positives per class in the training split (weighted losses)
+                n=None,                      # training images per class or in all (P+N; 'wbce')
+                beta: float = SEED002_BETA,  # effective-number beta (Eq. 3)
+                alpha: float | None = 0.5,   # focal alpha (Eq. 8)
+                gamma: float = 1.0,          # focal gamma (Eq. 8)
+                clip_negative: bool = False, # clip Eq. 6's negative w_neg at 0
+                scale: float = 1.0,          # multiply the effective-number weights (authors' code: 0.1)
+               ) -> nn.Module:
+    "A loss from the `LOSSES` registry built from training-split counts; unknown names are a `ValueError` listing the known ones."
+    return LOSSES.get(name)(pos_counts=pos_counts, n=n, beta=beta, alpha=alpha, gamma=gamma,
+                            clip_negative=clip_negative, scale=scale)

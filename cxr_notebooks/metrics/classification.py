@@ -19,23 +19,44 @@ __all__ = ['REPORT_COLUMNS', 'SEED000_METRICS', 'per_class_auroc', 'macro_auroc'
            'delong_test', 'delong_ci']
 
 # %% ../../nbs/metrics/20_classification.ipynb #2d1d37ad
+def _check_labels(y_true: np.ndarray) -> None:
+    "`CXRDataError` unless the 2-D `y_true` holds only 0 and 1."
+    nan = np.isnan(y_true)
+    if nan.any():
+        r, c = np.argwhere(nan)[0]
+        raise CXRDataError(f"y_true has {nan.sum()} NaN values (first at row {r}, column {c}); expected 0/1 labels "
+                           f"(drop the images whose label is unknown, or use label_mask, first)")
+    bad = ~np.isin(y_true, (0, 1))
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise CXRDataError(f"y_true[{r}, {c}] is {y_true[r, c]:g}; expected 0 or 1")
+
 def _check_scores(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    "2-D float arrays of equal shape with finite scores, else `CXRDataError`."
+    "2-D float arrays of equal shape, 0/1 labels and finite scores, else `CXRDataError`."
     y_true, y_score = np.asarray(y_true, dtype=float), np.asarray(y_score, dtype=float)
+    if y_true.size == 0: raise CXRDataError(f"y_true is empty (shape {y_true.shape}); expected the labels of at least one image")
     if y_true.ndim == 1: y_true, y_score = y_true[:, None], y_score.reshape(len(y_score), -1)
     if y_true.shape != y_score.shape:
         raise CXRDataError(f"y_true has shape {y_true.shape} but y_score has {y_score.shape}; expected equal shapes")
+    _check_labels(y_true)
     bad = ~np.isfinite(y_score)
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise CXRDataError(f"y_score has {bad.sum()} NaN/inf values (first at row {r}, column {c}); expected finite scores")
     return y_true, y_score
 
+def _label_names(labels: Sequence[str] | None, n_columns: int) -> list[str]:
+    "`labels` as a list with one name per column (`'0'`, `'1'`, ... if None), else `ValueError`."
+    labels = list(labels) if labels is not None else [str(i) for i in range(n_columns)]
+    if len(labels) != n_columns:
+        raise ValueError(f"{len(labels)} labels {labels[:5]} given for {n_columns} columns of y_true/y_score; expected one name per column")
+    return labels
+
 def per_class_auroc(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str] | None = None,
                     skip_single_class: bool = False) -> pd.Series:
     "AUROC of each column; a single-class column raises (or is NaN with `skip_single_class`)."
     y_true, y_score = _check_scores(y_true, y_score)
-    labels = list(labels) if labels is not None else [str(i) for i in range(y_true.shape[1])]
+    labels = _label_names(labels, y_true.shape[1])
     out = {}
     for k, name in enumerate(labels):
         if len(np.unique(y_true[:, k])) < 2:
@@ -63,14 +84,7 @@ def _as_columns(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str] |
             raise CXRDataError(f"y_true row {np.flatnonzero(bad)[0]} is {yt[bad][0].item()!r}; expected a class index 0..{k - 1} (one per y_score column)")
         yt = np.eye(k)[yt.astype(int)]
     yt, ys = _check_scores(yt, ys)
-    bad = ~np.isin(yt, (0, 1))
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise CXRDataError(f"y_true[{r}, {c}] is {yt[r, c]:g}; expected 0 or 1 (drop NaN-masked labels first)")
-    labels = list(labels) if labels is not None else [str(i) for i in range(yt.shape[1])]
-    if len(labels) != yt.shape[1]:
-        raise CXRDataError(f"{len(labels)} labels given for {yt.shape[1]} score columns; expected one name per column")
-    return yt, ys, labels, multiclass
+    return yt, ys, _label_names(labels, yt.shape[1]), multiclass
 
 # %% ../../nbs/metrics/20_classification.ipynb #7882edaa
 REPORT_COLUMNS = ('threshold', 'support', 'auroc', 'accuracy', 'precision', 'recall', 'f1')
@@ -209,8 +223,9 @@ def _percentile_ci(value: float, stats: np.ndarray, confidence: float) -> CI:
     return CI(float(value), float(low), float(high), int((~ok).sum()))
 
 def _check_bootstrap_args(n_resamples: int, confidence: float) -> None:
-    if n_resamples < 1: raise CXRDataError(f"n_resamples is {n_resamples}; expected at least 1")
-    if not 0 < confidence < 1: raise CXRDataError(f"confidence is {confidence}; expected a value in (0, 1), e.g. 0.95")
+    "`ValueError` for a bootstrap without resamples or a confidence outside (0, 1)."
+    if n_resamples < 1: raise ValueError(f"n_resamples is {n_resamples}; expected at least 1")
+    if not 0 < confidence < 1: raise ValueError(f"confidence is {confidence}; expected a value in (0, 1), e.g. 0.95")
 
 def _call_or_nan(metric: Callable, y_true: np.ndarray, y_score: np.ndarray) -> float:
     "metric(y_true, y_score), NaN where it is undefined (it raises ValueError, e.g. one class only)."
@@ -230,6 +245,7 @@ def bootstrap_ci(y_true: np.ndarray, y_score: np.ndarray, metric: str | Callable
     if not callable(metric): raise CXRDataError(f"metric {metric!r} is neither 'auroc' nor a callable metric(y_true, y_score)")
     yt, ys = np.asarray(y_true), np.asarray(y_score)
     if len(yt) != len(ys): raise CXRDataError(f"y_true has {len(yt)} rows but y_score has {len(ys)}; expected equal lengths")
+    if len(yt) == 0: raise CXRDataError("y_true is empty; expected the labels of at least one image")
     idx = np.arange(len(yt))
     stats = np.array([_call_or_nan(metric, yt[take], ys[take]) for counts in _bootstrap_counts(len(yt), n_resamples, seed, groups)
                       for take in (np.repeat(idx, c) for c in counts)])
@@ -273,8 +289,8 @@ def delong_auc_cov(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, 
     "AUROCs of the k rows of `scores` (k, n) and their DeLong covariance matrix (k, k), by Sun & Xu's fast algorithm."
     s, y = np.atleast_2d(np.asarray(scores, dtype=float)), np.asarray(y_true, dtype=float).ravel()
     if len(y) != s.shape[1]: raise CXRDataError(f"y_true has {len(y)} values but the scores have {s.shape[1]}; expected equal lengths")
+    _check_labels(y[:, None])
     _check_scores(np.broadcast_to(y[:, None], s.T.shape), s.T)
-    if not np.isin(y, (0, 1)).all(): raise CXRDataError(f"y_true holds {sorted(set(np.unique(y)) - {0, 1})[:3]}; expected 0/1")
     m, n = int(y.sum()), int((1 - y).sum())
     if m < 2 or n < 2: raise CXRDataError(f"y_true has {m} positives and {n} negatives; DeLong's variance needs at least 2 of each")
     pos, neg = s[:, y == 1], s[:, y == 0]
@@ -285,7 +301,9 @@ def delong_auc_cov(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, 
 
 def delong_test(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> DeLongResult:
     "DeLong's test that two models' AUROCs on the same images are equal (two-sided)."
-    aucs, cov = delong_auc_cov(y_true, np.vstack([np.ravel(score_a), np.ravel(score_b)]))
+    a, b = np.ravel(score_a), np.ravel(score_b)
+    if len(a) != len(b): raise CXRDataError(f"score_a has {len(a)} values but score_b has {len(b)}; expected one score per image from each model")
+    aucs, cov = delong_auc_cov(y_true, np.vstack([a, b]))
     diff, var = aucs[0] - aucs[1], cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
     z = 0.0 if diff == 0 else (diff / np.sqrt(var) if var > 0 else np.copysign(np.inf, diff))
     return DeLongResult(float(aucs[0]), float(aucs[1]), float(z), float(2 * norm.sf(abs(z))))

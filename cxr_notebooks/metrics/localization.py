@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pandas as pd
 from ..core import CXRDataError
+from ..data.contract import BOX_COLUMNS, XYXY_COLUMNS
 from ..data.labels import NIH_BOX_LABELS
 
 # %% auto #0
-__all__ = ['Box', 'BOX_COLUMNS', 'heatmap_to_boxes', 'heatmap_to_box', 'box_iou', 'box_ior', 'localization_scores',
-           'localization_accuracy']
+__all__ = ['Box', 'heatmap_to_boxes', 'heatmap_to_box', 'box_iou', 'box_ior', 'localization_scores', 'localization_accuracy']
 
 # %% ../../nbs/metrics/21_localization.ipynb #91e8126b
 Box = tuple[float, float, float, float]
@@ -67,19 +67,17 @@ def box_ior(detected: np.ndarray | Sequence[float], truth: np.ndarray | Sequence
     return float(out) if out.ndim == 0 else out
 
 # %% ../../nbs/metrics/21_localization.ipynb #4eae5831
-BOX_COLUMNS = ('image', 'label', 'x_min', 'y_min', 'x_max', 'y_max')
-
 def _check_box_table(df: pd.DataFrame, name: str) -> pd.DataFrame:
     "The box-table columns of `df` with float coordinates, else `CXRDataError` naming the column."
     missing = [c for c in BOX_COLUMNS if c not in df.columns]
     if missing: raise CXRDataError(f"{name} lacks column(s) {missing}; expected a box table with {list(BOX_COLUMNS)}")
     out = df[list(BOX_COLUMNS)].copy()
-    coords = out[list(BOX_COLUMNS[2:])].apply(pd.to_numeric, errors='coerce')
+    coords = out[list(XYXY_COLUMNS)].apply(pd.to_numeric, errors='coerce')
     if coords.isna().any().any():
         col = coords.columns[coords.isna().any()][0]
         raise CXRDataError(f"{name} column {col!r} row {coords.index[coords[col].isna()][0]} is not a number; expected pixel coordinates")
-    out[list(BOX_COLUMNS[2:])] = coords.astype(float)
-    _boxes(out[list(BOX_COLUMNS[2:])].to_numpy(), name)
+    out[list(XYXY_COLUMNS)] = coords.astype(float)
+    _boxes(out[list(XYXY_COLUMNS)].to_numpy(), name)
     return out
 
 def localization_scores(pred_boxes: pd.DataFrame, true_boxes: pd.DataFrame,
@@ -87,7 +85,7 @@ def localization_scores(pred_boxes: pd.DataFrame, true_boxes: pd.DataFrame,
     "One row per (image, label) with a truth box: the best IoU and best IoR of that class's predicted boxes (0 if none)."
     pred, truth = _check_box_table(pred_boxes, 'pred_boxes'), _check_box_table(true_boxes, 'true_boxes')
     truth = truth[truth.label.isin(labels)]
-    xyxy = list(BOX_COLUMNS[2:])
+    xyxy = list(XYXY_COLUMNS)
     pairs = truth.reset_index(drop=True).merge(pred, on=['image', 'label'], how='left', suffixes=('', '_pred'))
     has_pred = pairs['x_min_pred'].notna().to_numpy()
     t, d = pairs[xyxy].to_numpy(), pairs[[c + '_pred' for c in xyxy]].fillna(0).to_numpy()

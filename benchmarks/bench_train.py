@@ -1,0 +1,126 @@
+"""Training throughput of DenseNet-121 through `Learner`: model alone vs loader -> model, fp32 vs AMP, channels_last.
+
+For each image size, precision (fp32; AMP = bf16 where the GPU supports it, else fp16; not applicable on CPU)
+and memory format (contiguous; channels_last), images/second of the Learner's training step
+(forward + BCE + backward + Adam step, `Learner.train_epoch`) fed
+  (i)  model:          one synthetic batch already on the device, over and over;
+  (ii) loader -> model: `make_dataloader` over a `CXRDataset` of the embedded NIH sample
+       (`nih_sample_table(256)`, tiled to enough batches) with `default_transforms(size, train=True)`.
+Also the loader alone (decode + augment + collate, no model). ratio = (ii) / (i): below 1 the loader is
+the bottleneck. The projected epoch is the full NIH official train_val split (86,524 images) at rate (ii).
+Each rate is the batch size over the median time per batch of --steps batches, after --warmup untimed ones
+(worker start-up, allocator, kernel selection); the median keeps a shared machine's stalls out.
+
+    .venv/bin/python benchmarks/bench_train.py [--sizes 224 512] [--batch-size 16] [--steps 10] [--device auto]
+                                               [--num-workers auto] [--warmup 2] [--json OUT]
+"""
+from __future__ import annotations
+import argparse, itertools, json, os, statistics, time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from cxr_notebooks.core import seed_everything
+from cxr_notebooks.data.datasets import CXRDataset, default_transforms, make_dataloader, usable_cpus
+from cxr_notebooks.data.labels import NIH_LABELS
+from cxr_notebooks.data.nih import nih_sample_table
+from cxr_notebooks.models.backbones import create_model
+from cxr_notebooks.train.learner import Learner, create_optimizer
+
+NIH_TRAIN_VAL = 86_524  # images in the NIH ChestX-ray14 official train_val list
+WORK = Path(__file__).resolve().parent / '_work'
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda': torch.cuda.synchronize(device)
+
+
+def _rate(run, batches, warmup: int, steps: int, batch_size: int, device: torch.device) -> float:
+    "Images/second of `run(iterable)` fed one batch of `batches` at a time: batch size / the median time of `steps` batches."
+    run(itertools.islice(batches, warmup)); _sync(device)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter(); run(itertools.islice(batches, 1)); _sync(device)
+        times.append(time.perf_counter() - t)
+    return batch_size / statistics.median(times)
+
+
+def _learner(size: int, device: torch.device, amp: bool, channels_last: bool) -> Learner:
+    "A fresh DenseNet-121 (14 NIH findings) in a Learner with Adam and BCE, as the reproduction notebooks train it."
+    seed_everything(0)  # as Learner.fit does (deterministic kernels included)
+    model = create_model('densenet121', len(NIH_LABELS))
+    return Learner(model, [], [], nn.BCEWithLogitsLoss(), create_optimizer('adam', model, 1e-4), device=device,
+                   amp='auto' if amp else False, channels_last=channels_last, seed=None, progress=False, out_dir=WORK)
+
+
+def _train(learn: Learner):
+    "Run `learn`'s training step over an iterable of batches."
+    def run(batches):
+        learn.train_dl = batches; learn.train_epoch(0)
+    return run
+
+
+def _loader(size: int, batch_size: int, n_batches: int, num_workers) -> torch.utils.data.DataLoader:
+    "The training loader over the embedded NIH sample, its table repeated to hold `n_batches` full batches."
+    tab = nih_sample_table(256)
+    tab = pd.concat([tab] * -(-n_batches * batch_size // len(tab)), ignore_index=True)
+    ds = CXRDataset(tab, NIH_LABELS, transform=default_transforms(size, train=True), image_size=size)
+    return make_dataloader(ds, batch_size, shuffle=True, seed=0, num_workers=num_workers, drop_last=True)
+
+
+def measure(sizes: list[int], batch_size: int, steps: int, device: torch.device, num_workers, warmup: int) -> list[dict]:
+    "One row per (size, precision, memory format): model img/s, loader -> model img/s, ratio, projected NIH epoch."
+    rows, n_batches = [], warmup + steps
+    amp_name = ('bf16' if torch.cuda.is_bf16_supported() else 'fp16') if device.type == 'cuda' else None
+    for size in sizes:
+        loader_only = _rate(lambda b: [x for x in b], iter(_loader(size, batch_size, n_batches, num_workers)),
+                            warmup, steps, batch_size, torch.device('cpu'))
+        synthetic = {'image': torch.randn(batch_size, 3, size, size, device=device),
+                     'label': (torch.rand(batch_size, len(NIH_LABELS), device=device) < 0.1).float()}
+        for amp, channels_last in itertools.product((False, True), (False, True)):
+            row = {'size': size, 'precision': (amp_name or 'n/a (CPU)') if amp else 'fp32',
+                   'channels_last': channels_last, 'batch_size': batch_size, 'loader_only_img_s': loader_only}
+            if amp and amp_name is None:
+                rows.append({**row, 'model_img_s': None, 'loader_model_img_s': None, 'ratio': None, 'nih_epoch_min': None})
+                continue
+            run = _train(_learner(size, device, amp, channels_last))
+            model = _rate(run, itertools.repeat(synthetic), warmup, steps, batch_size, device)
+            run = _train(_learner(size, device, amp, channels_last))
+            fed = _rate(run, iter(_loader(size, batch_size, n_batches, num_workers)), warmup, steps, batch_size, device)
+            rows.append({**row, 'model_img_s': model, 'loader_model_img_s': fed, 'ratio': fed / model,
+                         'nih_epoch_min': NIH_TRAIN_VAL / fed / 60})
+            if device.type == 'cuda': torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--sizes', type=int, nargs='+', default=[224, 512], help='image sizes (default 224 512)')
+    ap.add_argument('--batch-size', type=int, default=16, help='batch size (default 16)')
+    ap.add_argument('--steps', type=int, default=10, help='timed batches per rate (default 10)')
+    ap.add_argument('--warmup', type=int, default=2, help='untimed batches before each rate (default 2)')
+    ap.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
+    ap.add_argument('--num-workers', default='auto', help="loader workers: an int or 'auto' (make_dataloader's choice)")
+    ap.add_argument('--json', type=Path, help='also write the rows and the machine description to this JSON file')
+    a = ap.parse_args(argv)
+    device = torch.device(a.device if a.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu'))
+    workers = a.num_workers if a.num_workers == 'auto' else int(a.num_workers)
+    machine = {'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
+               'cpus': usable_cpus(), 'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,
+               'num_workers': workers, 'steps': a.steps, 'warmup': a.warmup, 'load_average': os.getloadavg()[0]}
+    rows = measure(a.sizes, a.batch_size, a.steps, device, workers, a.warmup)
+    df = pd.DataFrame(rows)
+    print(f"DenseNet-121 training throughput, images/second ({machine['device']}, {machine['cpus']} CPUs, "
+          f"{machine['torch_threads']} torch threads, loader workers: {workers}, batch {a.batch_size}, {a.steps} timed steps)")
+    print(df.to_string(index=False, float_format=lambda v: f'{v:.3g}', na_rep='n/a'))
+    print('ratio = (loader -> model) / model: below 1 the loader is the bottleneck; '
+          f'nih_epoch_min = {NIH_TRAIN_VAL:,} train_val images at the loader -> model rate')
+    if a.json:
+        a.json.write_text(json.dumps({'machine': machine, 'rows': rows}, indent=1))
+    return rows
+
+
+if __name__ == '__main__':
+    main()
