@@ -8,17 +8,22 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 RUN ?= runs/demo
 
-.PHONY: install test demo bench clean-nbs
+.PHONY: install test demo bench docs browser clean-nbs
 
 $(VENV)/.installed: settings.ini setup.py
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,xrv]"
 	@touch $@
 
 install: $(VENV)/.installed
 
-test: $(VENV)/.installed
+# The report and docs tests render pages in headless Chromium (Debian's package; installed here when missing, as root).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || { echo "install Chromium (Debian: apt-get install chromium) for the browser tests"; exit 1; }
+
+test: $(VENV)/.installed browser
 	$(BIN)/pytest -q tests
 	$(BIN)/nbdev_test --n_workers 2 --timing --flags slow
 
@@ -28,6 +33,9 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_cache.py
 	$(PY) benchmarks/bench_train.py
+
+docs: $(VENV)/.installed
+	$(PY) nbs/_site.py
 
 clean-nbs: $(VENV)/.installed
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean

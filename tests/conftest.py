@@ -1,5 +1,6 @@
 """Fixtures shared by more than one test file live here, one section per area; a fixture used by a
 single file stays in that file."""
+import shutil, subprocess
 import pytest
 import torch
 
@@ -11,3 +12,47 @@ def sample_table():
     "The 646 embedded real NIH images at 256 px (image table with paths, labels and patient ids)."
     from cxr_notebooks.data.nih import nih_sample_table
     return nih_sample_table(256)
+
+
+# --- reproduction grids (tests/test_grid.py, tests/test_report.py) ---
+
+@pytest.fixture(scope='session')
+def smoke_grid(tmp_path_factory):
+    """A real grid, run once on a local Ray and shared: grids/002_smoke_2x2.yaml (loss x optimizer at seed 002's
+    smallest smoke settings) plus one run that fails (split='chexnet' empties the sample's val part).
+    A namespace with `spec` (dict), `out` (grid folder), `result` (GridResult) and `seconds`."""
+    import time, types, yaml
+    from pathlib import Path
+    from cxr_notebooks.reproduce.grid import run_grid
+    spec = yaml.safe_load((Path(__file__).parents[1] / 'grids' / '002_smoke_2x2.yaml').read_text())
+    spec['runs'] = [{'split': 'chexnet'}]
+    out, t0 = tmp_path_factory.mktemp('grid') / '002_smoke_2x2', time.time()
+    result = run_grid(spec, out, workers=2, progress=False)
+    return types.SimpleNamespace(spec=spec, out=out, result=result, seconds=time.time() - t0)
+
+
+# ---- headless Chromium (the report and docs pages are checked in a real browser) ----------------------------
+FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+         '--disable-component-update', '--disable-sync', '--enable-logging=stderr', '--v=0']
+
+
+@pytest.fixture(scope='session')
+def chromium() -> str:
+    "The Chromium executable; the test fails (before the grid is paid for) with how to install it when there is none."
+    exe = next((shutil.which(n) for n in ('chromium', 'chromium-browser', 'google-chrome') if shutil.which(n)), None)
+    if exe is None:
+        pytest.fail("this test opens a page in a real browser and needs Chromium: on Debian/Ubuntu "
+                    "`apt-get update && apt-get install -y chromium` (the CI script installs it)")
+    return exe
+
+
+def browse(chromium: str, page, tmp_path, *args) -> subprocess.CompletedProcess:
+    "Open `page` in headless Chromium with a fresh profile and `args` (--dump-dom, --screenshot=...)."
+    profile = tmp_path / f'profile{len(list(tmp_path.glob("profile*")))}'
+    return subprocess.run([chromium, *FLAGS, f'--user-data-dir={profile}', *args, page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+
+
+def console_errors(stderr: str) -> list[str]:
+    "Chromium's log lines about script errors or console errors."
+    return [l for l in stderr.splitlines() if 'Uncaught' in l or ':CONSOLE' in l]

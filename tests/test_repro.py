@@ -106,7 +106,8 @@ def test_misspelt_parameter_is_refused_before_running(tmp_path, capsys):
 def test_bad_profile_unknown_notebook_and_out_file_are_short_errors(tmp_path, capsys):
     "Defect: `-p profile smok`, `run 003` and an `--out` that names a file gave bare tracebacks."
     assert "parameter profile: expected one of smoke, full, got 'smok'" in _cli_error(capsys, 'run', '002', '--out', str(tmp_path), '-p', 'profile', 'smok')
-    assert "no reproduction notebook for '003'; known: 002 (" in _cli_error(capsys, 'run', '003', '--out', str(tmp_path))
+    err = _cli_error(capsys, 'run', '003', '--out', str(tmp_path))
+    assert "no reproduction notebook for '003'; known: " in err and '002 (Nugroho' in err
     f = tmp_path / 'afile'; f.write_text('x')
     assert 'is a file; expected a folder' in _cli_error(capsys, 'demo', '--out', str(f))
 
@@ -135,3 +136,11 @@ def test_cli_lists_the_notebooks(capsys):
     assert main(['list']) == 0
     out = capsys.readouterr().out
     assert '002  Nugroho' in out and 'loss' in out and 'cb_scale' in out
+
+
+def test_cli_grid_and_report_errors_are_short(tmp_path, capsys):
+    "`grid` with a spec that does not exist or names an unknown key, and `report` on a folder without a grid."
+    assert 'spec' in _cli_error(capsys, 'grid', str(tmp_path / 'nope.yaml')).lower()
+    (tmp_path / 'bad.yaml').write_text("notebook: '002'\naxis:\n  loss: [bce]\n")
+    assert 'axis' in _cli_error(capsys, 'grid', str(tmp_path / 'bad.yaml'))
+    assert 'grid.json' in _cli_error(capsys, 'report', str(tmp_path))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime, difflib, hashlib, itertools, json, os, re, time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 from ..core import CXRDataError
@@ -23,7 +23,7 @@ SPEC_KEYS: dict[str, str] = {'notebook': "seed number ('002') or notebook path",
                              'axes': 'parameter -> list of values (their product gives runs)',
                              'runs': 'a list of parameter dicts (more runs)', 'resources': 'num_cpus, num_gpus per run',
                              'html': 'write each executed notebook as HTML too'}
-RESOURCE_KEYS: tuple[str, ...] = ('num_cpus', 'num_gpus')
+RESOURCE_KEYS: dict[str, str] = {'num_cpus': 'CPU', 'num_gpus': 'GPU'}  # spec key -> Ray's resource name
 
 @dataclass
 class GridSpec:
@@ -34,8 +34,8 @@ class GridSpec:
     runs: list = field(default_factory=list)
     resources: dict = field(default_factory=lambda: {'num_cpus': 1, 'num_gpus': 0})
     html: bool = True
-    name: str = 'grid'
-    folder: Path | None = None
+    name: str | None = None  # the spec file's stem
+    folder: Path | None = None  # the spec file's folder
 
     @property
     def varying(self) -> list[dict]:
@@ -43,7 +43,8 @@ class GridSpec:
         product = [dict(zip(self.axes, vs)) for vs in itertools.product(*self.axes.values())] if self.axes else []
         return (product + [dict(r) for r in self.runs]) or [{}]
 
-def _unknown(key: str, known, where: str) -> str:
+def _unknown(key: str, known: Sequence[str], where: str) -> str:
+    "'unknown key' message with the closest known key."
     close = difflib.get_close_matches(key, list(known), n=1)
     return f"{where}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else '') + f"; known: {', '.join(known)}"
 
@@ -73,7 +74,7 @@ def _check_spec(d: Any, where: str) -> None:
 def read_grid_spec(spec: str | Path | Mapping) -> GridSpec:
     "A `GridSpec` from a YAML/JSON file or a dict, checked key by key (`ValueError` naming the key)."
     if isinstance(spec, GridSpec): return spec
-    if isinstance(spec, Mapping): d, where, folder, name = dict(spec), 'grid spec', None, 'grid'
+    if isinstance(spec, Mapping): d, where, folder, name = dict(spec), 'grid spec', None, None
     else:
         p = Path(spec)
         if not p.is_file(): raise ValueError(f"grid spec {p} does not exist")
@@ -91,6 +92,7 @@ def read_grid_spec(spec: str | Path | Mapping) -> GridSpec:
 
 # %% ../../nbs/reproduce/93_grid.ipynb #fb4734b3
 def _text(v: Any) -> str:
+    "A parameter value as written in a folder name (strings as they are, the rest as JSON)."
     return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
 
 def run_name(varying: Mapping[str, Any], max_len: int = 100) -> str:
@@ -120,6 +122,7 @@ def _result_parameters(params: Mapping[str, Any]) -> dict:
     return json.loads(json.dumps({k: v for k, v in params.items() if k not in NON_RESULT_PARAMETERS}, default=str))
 
 def _read_json(f: Path) -> Any:
+    "The JSON in `f`, or None when it is missing or does not parse."
     try: return json.loads(f.read_text(encoding='utf-8'))
     except (OSError, ValueError): return None
 
@@ -145,7 +148,7 @@ def plan_grid(spec: GridSpec) -> list[GridRun]:
     seen = [r.name for r in runs]
     dup = sorted({n for n in seen if seen.count(n) > 1})
     if dup: errors.append(f"runs {dup} have the same varying parameters (one folder each is needed); remove the repeats")
-    if errors: raise ValueError(f"grid {spec.name}: {len(errors)} problem(s), nothing was run:\n  " + '\n  '.join(errors))
+    if errors: raise ValueError(f"grid {spec.name or 'spec'}: {len(errors)} problem(s), nothing was run:\n  " + '\n  '.join(errors))
     return runs
 
 # %% ../../nbs/reproduce/93_grid.ipynb #2b5bdb91
@@ -181,21 +184,30 @@ def _execute(task: dict) -> dict:
 
 def _write_status(out_dir: Path, spec: GridSpec, notebook: Path, runs: Sequence[GridRun]) -> None:
     "Write `grid.json` atomically: the spec, the notebook and every run's state."
-    status = {'schema': 'cxr-notebooks/grid/1', 'name': spec.name, 'notebook': str(notebook), 'axes': spec.axes,
+    status = {'schema': 'cxr-notebooks/grid/1', 'name': spec.name or out_dir.name, 'notebook': str(notebook), 'axes': spec.axes,
               'parameters': spec.parameters, 'resources': spec.resources,
               'updated': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
               'runs': [{**asdict(r), 'out_dir': str(out_dir / r.name)} for r in runs]}
     tmp = out_dir / f'{GRID_STATUS}.tmp'
     tmp.write_text(json.dumps(status, indent=1, default=str)); os.replace(tmp, out_dir / GRID_STATUS)
 
-def _ray_results(tasks: Sequence[dict], resources: Mapping[str, float], workers: int | None, address: str | None):
+def _ray_results(tasks: Sequence[dict], # `_execute` arguments, one per run
+                 resources: Mapping[str, float], # num_cpus, num_gpus per run
+                 workers: int | None, # local Ray: runs at once (default: as many as all its CPUs allow)
+                 address: str | None, # a Ray cluster's address; None: a local Ray
+                ) -> Iterator[tuple[int, dict]]:
     "Yield `(index, outcome)` as Ray finishes the tasks (one task per run)."
-    import ray
+    try: import ray
+    except ImportError as e: raise ImportError("grids run on Ray: pip install ray (or pass workers=1 to run them one by one here)") from e
     started = not ray.is_initialized()
-    if started:
-        local = {} if address else {'num_cpus': (workers or os.cpu_count() or 1) * resources['num_cpus']}
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, **local)
+    if started: ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         **({'num_cpus': workers * resources['num_cpus']} if workers else {}))
     try:
+        have = ray.cluster_resources()
+        short = [f"{v:g} {RESOURCE_KEYS[k]}" for k, v in resources.items() if v > have.get(RESOURCE_KEYS[k], 0)]
+        if short and started and not address:  # a local Ray never grows: the tasks would wait forever
+            raise ValueError(f"each run needs {' and '.join(short)} but this Ray has {have.get('CPU', 0):g} CPU and "
+                             f"{have.get('GPU', 0):g} GPU; lower the spec's resources (or raise workers)")
         remote = ray.remote(_execute).options(num_cpus=resources['num_cpus'], num_gpus=resources['num_gpus'], max_retries=0)
         refs = {remote.remote(t): i for i, t in enumerate(tasks)}
         pending = list(refs)
@@ -209,26 +221,26 @@ def _ray_results(tasks: Sequence[dict], resources: Mapping[str, float], workers:
 
 def run_grid(spec: str | Path | Mapping | GridSpec, # a YAML/JSON spec file, its dict, or a `GridSpec`
              out_dir: str | Path | None = None, # the grid folder (default: runs/grids/<spec name>)
-             workers: int | None = None, # runs at once on a local Ray (default: one per CPU); 1: sequential, no Ray
+             workers: int | None = None, # runs at once on a local Ray (default: as many as its CPUs allow); 1: sequential, no Ray
              address: str | None = None, # a Ray cluster's address (`ray://host:10001` or `auto`); default: local
              progress: bool = True, # a progress bar over the runs
             ) -> GridResult:
     "Check every run of a grid, skip the finished ones, run the rest (Ray, or sequentially) and record `grid.json`."
     spec = read_grid_spec(spec)
     if workers is not None and workers < 1: raise ValueError(f"workers={workers}: expected at least 1")
-    if workers == 1 and address: raise ValueError("workers=1 runs sequentially in this process; drop it to use the cluster at address")
+    if workers is not None and address: raise ValueError(f"workers={workers} sizes a local Ray; on the cluster at {address} its resources decide")
     nb = find_notebook(spec.notebook)
-    out_dir = Path(out_dir or Path('runs') / 'grids' / spec.name).resolve()
+    out_dir = Path(out_dir or Path('runs') / 'grids' / (spec.name or 'grid')).resolve()
     runs = plan_grid(spec)
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = []
+    todo, before = [], {r['name']: r for r in (_read_json(out_dir / GRID_STATUS) or {}).get('runs', [])}
     for r in runs:
         state, why = run_state(out_dir / r.name, r.parameters)
-        if state == 'finished': r.status = 'skipped'
+        if state == 'finished': r.status, r.seconds = 'skipped', before.get(r.name, {}).get('seconds')  # what it took when it ran
         elif state == 'mismatch': r.status, r.error = 'failed', f"RunConfigMismatch: {why}"
         else: todo.append(r)
     _write_status(out_dir, spec, nb.path, runs)
-    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f'grid {spec.name}', unit='run', disable=not progress)
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f'grid {spec.name or out_dir.name}', unit='run', disable=not progress)
     tasks = [{'notebook': str(nb.path), 'out_dir': str(out_dir / r.name), 'parameters': r.parameters, 'html': spec.html,
               'cwd': str(spec.folder or Path.cwd())} for r in todo]
     results = (enumerate(map(_execute, tasks)) if workers == 1 else _ray_results(tasks, spec.resources, workers, address)) if tasks else ()
@@ -243,10 +255,12 @@ def run_grid(spec: str | Path | Mapping | GridSpec, # a YAML/JSON spec file, its
 
 # %% ../../nbs/reproduce/93_grid.ipynb #14819092
 def read_grid_status(grid_dir: str | Path) -> dict:
-    "The `grid.json` of a grid folder (`FileNotFoundError` saying how one is made)."
+    "The `grid.json` of a grid folder, each run's `out_dir` where the folder is now (`FileNotFoundError` saying how one is made)."
     f = Path(grid_dir) / GRID_STATUS
     if not f.is_file(): raise FileNotFoundError(f"{f} does not exist; `cxr-reproduce grid SPEC --out {grid_dir}` makes it")
-    return json.loads(f.read_text(encoding='utf-8'))
+    status = json.loads(f.read_text(encoding='utf-8'))
+    for r in status['runs']: r['out_dir'] = str(f.resolve().parent / r['name'])  # a grid folder copied elsewhere still reads
+    return status
 
 def grid_summary(grid_dir: str | Path) -> pd.DataFrame:
     "One row per run: run, varying parameters, status, metric, value, low, high (95% CI), setup, seconds, error, folder."

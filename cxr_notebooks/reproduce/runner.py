@@ -160,8 +160,24 @@ def _list() -> None:
         for k, p in notebook_parameters(nb.path).items():
             print(f"      {k:<18} {p['type']:<6} = {p['default']:<14} {p['help']}")
 
+def _grid_or_report(a) -> int:
+    "The `grid` and `report` subcommands (their modules import this one, hence imported here)."
+    try:
+        if a.cmd == 'grid':
+            from cxr_notebooks.reproduce.grid import run_grid
+            res = run_grid(a.spec, a.out, a.workers, a.address)
+            for r in res.failed: print(f"failed: {r.name}: {r.error}", file=sys.stderr)
+            print(f"{len(res.runs) - len(res.failed)} of {len(res.runs)} runs finished in {res.out_dir}; "
+                  f"`cxr-reproduce report {res.out_dir}` summarises them")
+            return 1 if res.failed else 0
+        from cxr_notebooks.reproduce.report import write_report
+        print(f"Open {write_report(a.grid_dir, a.roc_run)}")
+        return 0
+    except (ValueError, FileNotFoundError) as e:
+        print(f"cxr-reproduce: error: {e}", file=sys.stderr); return 1
+
 def main(argv: Sequence[str] | None = None) -> int:
-    "Command-line entry point: `demo`, `run NAME --out DIR -p KEY VALUE ...`, `list`; returns the exit code."
+    "Command-line entry point: `demo`, `run NAME --out DIR -p KEY VALUE ...`, `list`, `grid SPEC`, `report GRID_DIR`; returns the exit code."
     ap = argparse.ArgumentParser(prog='cxr-reproduce', description=main.__doc__)
     sub = ap.add_subparsers(dest='cmd', required=True)
     demo = sub.add_parser('demo', help="seed 002 baseline, smoke profile, on the embedded NIH sample")
@@ -169,11 +185,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser('run', help='any reproduction notebook with parameters')
     run.add_argument('name', help='seed number (e.g. 002) or notebook path'); run.add_argument('--out', required=True)
     sub.add_parser('list', help='the reproduction notebooks and their parameters')
+    grid = sub.add_parser('grid', help='a grid of runs from a YAML/JSON spec, on Ray (see grids/)')
+    grid.add_argument('spec'); grid.add_argument('--out', default=None, help='grid folder (default: runs/grids/<spec name>)')
+    grid.add_argument('--workers', type=int, default=None, help='runs at once on a local Ray; 1: sequential, no Ray')
+    grid.add_argument('--address', default=None, help="a Ray cluster's address (e.g. ray://host:10001)")
+    report = sub.add_parser('report', help="one self-contained HTML page (plus CSV/Markdown) of a grid's runs")
+    report.add_argument('grid_dir'); report.add_argument('--roc-run', default=None, help='the run whose ROC curves are drawn')
     for p in (demo, run):
         p.add_argument('-p', nargs=2, action='append', default=[], metavar=('KEY', 'VALUE'))
         p.add_argument('--no-html', action='store_true')
     a = ap.parse_args(argv)
     if a.cmd == 'list': _list(); return 0
+    if a.cmd in ('grid', 'report'): return _grid_or_report(a)
     params = {k: _parse_value(v) for k, v in a.p}
     if a.cmd == 'demo': params = {'profile': 'smoke', **params}
     try: out = run_reproduction('002' if a.cmd == 'demo' else a.name, a.out, params, html=not a.no_html)

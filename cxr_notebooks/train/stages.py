@@ -16,7 +16,7 @@ from ..data.cache import ImageCache
 from ..data.datasets import CXRDataset, default_transforms, make_dataloader
 from ..data.splits import check_patient_disjoint
 from ..models.backbones import create_model
-from .learner import Learner, create_optimizer, create_scheduler
+from .learner import Learner, create_optimizer
 
 # %% auto #0
 __all__ = ['Stage', 'progressive_stages', 'image_cache', 'stage_dataset', 'check_selectable', 'StagesResult', 'train_stages']
@@ -87,7 +87,7 @@ def train_stages(train: pd.DataFrame, # training image table
                  optimizer: str = 'adam', # timm optimizer name or alias ('ranger')
                  lr: float = 1e-3, # learning rate
                  weight_decay: float = 0.0, # weight decay
-                 scheduler: str | None = 'plateau', # per-epoch scheduler name, or None
+                 scheduler: str | None = 'plateau', # a `SCHEDULERS` name (built for each stage's length and the selection mode), or None
                  early_stopping_patience: int | None = None, # epochs without improvement before stopping
                  seed: int = 0, # seeds model init, shuffling and augmentation
                  device: str | None = None, # 'cuda', 'cpu' or None (CUDA when available)
@@ -110,7 +110,7 @@ def train_stages(train: pd.DataFrame, # training image table
                                shuffle=is_train, seed=seed, num_workers='auto' if num_workers is None else num_workers)
                for t, is_train in ((train, True), (val, False))]
         opt = create_optimizer(optimizer, model, lr, weight_decay)
-        learner = Learner(model, *dls, loss_fn, opt, create_scheduler(scheduler, opt, st.epochs), out_dir=out_dir / f'stage{i}',
+        learner = Learner(model, *dls, loss_fn, opt, scheduler, out_dir=out_dir / f"stage{i}",
                           device=device, early_stopping_patience=early_stopping_patience, seed=seed, progress=progress,
                           **learner_kw)
         hist = learner.fit(st.epochs, resume=True)

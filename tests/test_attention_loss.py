@@ -1,0 +1,82 @@
+"""Seed 000's attention loss (`losses.attention`): the published term has no gradient, the differentiable one has,
+and both take the same value in the hard limit of the soft count, on maps from a real Grad-CAM pass."""
+import pytest
+import torch
+from torch import nn
+from cxr_notebooks.explain.gradcam import grad_cam
+from cxr_notebooks.losses.attention import (AttentionLoss, adaptive_lambda, attention_term, cam_mass_in_prior, in_prior_fraction,
+                                            lambda_at, parse_lambda)
+
+
+class Tiny(nn.Module):
+    "conv -> relu -> global mean -> linear: a CAM layer (`conv`) and 2 logits."
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(1, 6, 3, padding=1), nn.Linear(6, 2)
+    def forward(self, x): return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+@pytest.fixture
+def batch():
+    torch.manual_seed(0)
+    net, x = Tiny(), torch.randn(6, 1, 16, 16)
+    target = torch.tensor([1, 1, 0, 1, 0, 1])
+    prior = torch.zeros(6, 1, 16, 16); prior[:, :, 8:] = 1            # lower half
+    return net, x, target, prior
+
+
+def _total(net, x, target, prior, variant, lam=0.0, **kw):
+    cams, logits = grad_cam(net, x, target, layer=net.conv, create_graph=variant == 'differentiable')
+    if variant == 'published': cams = cams.detach()
+    return AttentionLoss(lam, variant, **kw)(logits, target, cams, prior)
+
+
+def test_published_term_has_exactly_zero_gradient(batch):
+    "As in the authors' code (Grad-CAM of a detached copy): at λ = 0 the loss moves no parameter."
+    net, x, target, prior = batch
+    loss, terms = _total(net, x, target, prior, 'published')
+    grads = torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)
+    assert terms['attention'] > 0
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in grads)
+
+
+def test_differentiable_term_has_a_gradient(batch):
+    net, x, target, prior = batch
+    loss, _ = _total(net, x, target, prior, 'differentiable')
+    grads = torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().max() > 0 for g in grads)
+
+
+def test_published_trains_on_lambda_ce_only(batch):
+    "At λ = 0.5 the published gradient is half the cross-entropy gradient, to the last bit of float tolerance."
+    net, x, target, prior = batch
+    g = lambda loss: torch.cat([p.flatten() for p in torch.autograd.grad(loss, list(net.parameters()))])
+    ce = g(_total(net, x, target, prior, 'published', lam=1.0)[0])
+    torch.testing.assert_close(g(_total(net, x, target, prior, 'published', lam=0.5)[0]), 0.5 * ce)
+
+
+def test_both_variants_agree_in_the_hard_limit(batch):
+    net, x, target, prior = batch
+    pub, t_pub = _total(net, x, target, prior, 'published', lam=0.3)
+    dif, t_dif = _total(net, x, target, prior, 'differentiable', lam=0.3, temperature=1e-6)
+    assert dif.item() == pytest.approx(pub.item(), abs=1e-4) and t_dif['attention'].item() == pytest.approx(t_pub['attention'].item(), abs=1e-4)
+    soft, _ = _total(net, x, target, prior, 'differentiable', lam=0.3, temperature=0.2)
+    assert abs(soft.item() - pub.item()) > 1e-4                       # a warm soft count is a different number
+
+
+def test_negatives_contribute_zero_and_counts_are_the_published_ones():
+    cams = torch.zeros(3, 4, 4); cams[:, :2] = 0.9; cams[:, 2:, :1] = 0.5   # 8 hot pixels up, 2 warm pixels down
+    prior = torch.zeros(3, 4, 4); prior[:, 2:] = 1                             # lower half
+    assert in_prior_fraction(cams, prior).tolist() == pytest.approx([0.2] * 3)
+    assert in_prior_fraction(cams, prior, threshold=0.6).tolist() == [0.0] * 3
+    assert cam_mass_in_prior(cams, prior).tolist() == pytest.approx([1.0 / (7.2 + 1.0)] * 3)
+    assert attention_term(cams, prior, torch.tensor([True, False, True])).tolist() == pytest.approx([0.8, 0.0, 0.8])
+
+
+def test_lambda_schedule_and_arguments():
+    assert lambda_at('adaptive', 0) == 1.0 and lambda_at('*', 10) == pytest.approx(0.77) and lambda_at('adaptive', 40) == 0.2
+    assert adaptive_lambda(35) == pytest.approx(0.2) and lambda_at(0.75, 99) == 0.75 and parse_lambda('0.25') == 0.25
+    for bad in (-0.1, 1.2, 'half'):
+        with pytest.raises(ValueError, match='adaptive'): parse_lambda(bad)
+    with pytest.raises(ValueError, match='published'): AttentionLoss(0.5, 'soft')
+    with pytest.raises(ValueError, match='temperature'): AttentionLoss(0.5, 'differentiable', temperature=0)

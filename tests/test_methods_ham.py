@@ -1,0 +1,99 @@
+"""HAM method (seed 001, methods.ham): Table VI switches, the training step, training, localization scoring, paper columns."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from cxr_notebooks.methods.ham import (ABLATIONS, PROFILES, T_IOR, T_IOU, ablation, accuracy_row, build_ham, ham_loss, ham_step,
+                                       localization_accuracy, localization_table, paper_columns, predict_ham, train_ham)
+from cxr_notebooks.reproduce.reference import reference_values
+
+
+def test_every_table6_row_builds_and_has_its_switches():
+    for name, (model_kw, loss_kw) in ABLATIONS.items():
+        m = build_ham(name, 2, backbone='resnet18', encoder_channels=8)
+        assert (m.fab is None) == (model_kw.get('fab') == 'none') and (m.pn_head is not None) == model_kw['positive_attention']
+        loss = ham_loss(name)
+        assert (loss.bound, loss.union) == (loss_kw['bound'], loss_kw['union'])
+        assert reference_values('001', 'Table VI', name, 'loc_iou_0.1', 'official_test')['Average'] > 0
+    assert ablation('ham') == ABLATIONS['RN50-8-LSE+FAB+PA+ABU']
+    with pytest.raises(ValueError, match='ablation'): ablation('RN50')
+    assert set(PROFILES) == {'phantom', 'smoke', 'full'} and PROFILES['full']['image_size'] == 512
+
+
+def test_ham_step_uses_boxes_only_when_present():
+    net = build_ham('HAM', 2, backbone='resnet18', encoder_channels=16)
+    no_box = [torch.zeros(0, 4)] * 2, [torch.zeros(0, dtype=torch.long)] * 2
+    batch = {'image': torch.randn(2, 3, 32, 32), 'label': torch.tensor([[1., 0.], [0., 1.]]), 'label_mask': torch.ones(2, 2),
+             'boxes': [torch.tensor([[4., 4., 20., 20.]]), torch.zeros(0, 4)], 'box_labels': [torch.tensor([0]), torch.zeros(0, dtype=torch.long)]}
+    loss, out = ham_step(net, batch, ham_loss('HAM'))
+    assert 'amse' in out['loss_terms'] and torch.isfinite(loss)
+    _, out2 = ham_step(net, {**batch, 'boxes': no_box[0], 'box_labels': no_box[1]}, ham_loss('HAM'))
+    assert 'amse' not in out2['loss_terms']
+    none, out3 = ham_step(net, batch, None)
+    assert none is None and set(out3) == {'logits'}
+
+
+class BoxModel(nn.Module):
+    "A stand-in HAM whose abnormality attention is its input's first channel > 0."
+    def __init__(self): super().__init__(); self.w = nn.Parameter(torch.zeros(1))
+    def forward(self, x): return {'logits': torch.zeros(len(x), 2), 'cam': (x[:, :2] > 0).float(), 'pos_cam': None, 'foreground': None}
+
+
+@pytest.fixture
+def boxed_image(tmp_path):
+    import cv2
+    img = np.zeros((64, 64), np.uint8); img[10:30, 20:50] = 255; img[40:60, 5:15] = 255
+    cv2.imwrite(str(tmp_path / 'a.png'), img)
+    table = pd.DataFrame({'image': ['a.png'], 'path': [str(tmp_path / 'a.png')], 'patient_id': ['p1'], 'Mass': [1.], 'Nodule': [1.]})
+    boxes = pd.DataFrame({'image': ['a.png', 'a.png'], 'label': ['Mass', 'Nodule'], 'x_min': [20., 30.], 'y_min': [10., 0.],
+                          'x_max': [50., 40.], 'y_max': [30., 5.]})
+    return table, boxes
+
+
+def test_localization_box_and_mask_modes(boxed_image):
+    table, boxes = boxed_image
+    b = localization_table(BoxModel(), table, boxes, ['Mass', 'Nodule'], 64, region='box').set_index('label')
+    m = localization_table(BoxModel(), table, boxes, ['Mass', 'Nodule'], 64, region='mask').set_index('label')
+    # the map has two regions (600 + 200 pixels); box mode: each region's box, the best counts (the Mass box exactly)
+    assert b.loc['Mass', 'iou'] == pytest.approx(1, abs=0.02) and b.loc['Mass', 'ior'] == pytest.approx(1, abs=0.02)
+    # mask mode (authors' code): all 800 thresholded pixels against the 600-pixel box
+    assert m.loc['Mass', 'iou'] == pytest.approx(0.75, abs=0.02) and m.loc['Mass', 'ior'] == pytest.approx(0.75, abs=0.02)
+    for t in (b, m): assert t.loc['Nodule', 'iou'] == 0 and t.loc['Nodule', 'ior'] == 0      # the Nodule box misses both regions
+    with pytest.raises(ValueError, match='region'): localization_table(BoxModel(), table, boxes, ['Mass'], 64, region='pixels')
+
+
+def test_localization_accuracy_strict_and_rows():
+    s = pd.DataFrame({'image': ['a', 'b'], 'label': ['Mass', 'Mass'], 'iou': [0.1, 0.5], 'ior': [0.9, 0.2]})
+    acc = localization_accuracy(s, ['Mass'])
+    assert len(acc) == len(T_IOU) + len(T_IOR)
+    row = acc[(acc.criterion == 'iou') & (acc.threshold == 0.1)].iloc[0]
+    assert row['Mass'] == 0.5                                                   # IoU > 0.1: the paper's strict '>'
+    loose = localization_accuracy(s, ['Mass'], [0.1], [], strict=False)
+    assert loose['Mass'][0] == 1.0                                              # the authors' '>='
+    assert accuracy_row(acc, 'loc_ior_0.9').set_index('label').loc['Mass', 'auc'] == 0.0
+
+
+def test_paper_columns_match_only_the_configuration():
+    assert [(c.table, c.metric) for c in paper_columns('full', 'official', 'HAM', False)] == \
+        [('Table VI', 'auc'), ('Table VI', 'loc_iou_0.1'), ('Table I', 'auc')]
+    assert [c.table for c in paper_columns('full', 'official', 'RN50-8-LSE', False)] == ['Table VI', 'Table VI']
+    assert paper_columns('phantom', 'official', 'HAM', False) == []
+    assert paper_columns('full', 'official', 'HAM', True) == []                  # Table VI trains without boxes
+    assert {c.metric for c in paper_columns('full', 'without_bboxes', 'HAM', False)} == {'loc_iou_0.1', 'loc_iou_0.3'}
+    cols = paper_columns('full', 'patient_localization', 'HAM', True)
+    assert len(cols) == 12 and all('patient-level' in c.note for c in cols) and all(c.setting == 'Ours' for c in cols)  # never '+ SR'
+
+
+@pytest.mark.slow
+def test_train_ham_with_boxes_records_terms_and_resumes(tmp_path):
+    from cxr_notebooks.data.synth import write_phantom_folder
+    table, boxes = write_phantom_folder(tmp_path / 'ph', 48, 48, ('Cardiomegaly', 'Effusion'), seed=0)
+    parts = {'train': table.iloc[:32], 'val': table.iloc[32:40], 'test': table.iloc[40:]}
+    kw = dict(image_size=48, batch_size=16, epochs=1, lr=1e-3, progress=False, backbone='resnet18', encoder_channels=16, num_workers=0)
+    res = train_ham(parts, ['Cardiomegaly', 'Effusion'], tmp_path / 'run', 'HAM', boxes, helper=list(parts['train'].image[:8]), **kw)
+    assert {'train_ab', 'train_amse', 'train_bound', 'train_union', 'val_auroc'} <= set(res.history.columns)
+    pred = predict_ham(res.model, parts['test'], ['Cardiomegaly', 'Effusion'], 48)
+    assert pred.filter(like='p_').to_numpy().min() >= 0 and len(pred) == 8
+    again = train_ham(parts, ['Cardiomegaly', 'Effusion'], tmp_path / 'run', 'HAM', boxes, helper=list(parts['train'].image[:8]), **kw)
+    assert len(again.history) == 1                                               # resumed: nothing retrained

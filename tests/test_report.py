@@ -1,0 +1,79 @@
+"""The grid report (cxr_notebooks.reproduce.report) opened in a real browser: headless Chromium renders the page of a
+real seed 002 grid (the session fixture smoke_grid) to PNG and dumps its DOM; no console error, no broken image, no
+external resource, and the tables show the runs, their headline numbers with CIs and the paper's column."""
+import json, re
+import numpy as np
+import pytest
+from PIL import Image
+from cxr_notebooks.reproduce.grid import grid_summary
+from cxr_notebooks.reproduce.report import comparison_table, delong_between_runs, write_report
+from conftest import browse, console_errors
+
+# Records script errors and failed loads, and after load whether every image decoded, into the DOM (test copy only:
+# the report itself has no script).
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(e.message || ('failed to load ' + (e.target.src || e.target.href || e.target.tagName))), true);
+window.addEventListener('load', () => {
+  const broken = [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 40));
+  const d = document.createElement('pre'); d.id = 'probe';
+  d.textContent = JSON.stringify({errors: window.__errors, images: document.images.length, broken});
+  document.body.appendChild(d);
+});
+</script>"""
+def test_report_of_a_grid_where_every_run_failed(tmp_path, monkeypatch):
+    from cxr_notebooks.reproduce import grid as G
+    from cxr_notebooks.reproduce.runner import ReproductionFailed
+    def fail(name, out_dir, parameters, **kw): raise ReproductionFailed('CXRDataError', f"no data for {parameters['loss']}", out_dir)
+    monkeypatch.setattr(G, 'run_reproduction', fail)
+    G.run_grid({'notebook': '002', 'parameters': {'profile': 'smoke'}, 'axes': {'loss': ['bce', 'wfocal']}}, tmp_path, workers=1, progress=False)
+    page = write_report(tmp_path)
+    html = page.read_text()
+    assert 'CXRDataError: no data for bce' in html and 'CXRDataError: no data for wfocal' in html and '<img' not in html
+    assert 'No two finished runs share their test images' in html and 'No run has a comparison with the paper' in html
+    assert (page.parent / 'delong.md').read_text() == '(none)\n' and len((page.parent / 'runs.csv').read_text().splitlines()) == 3
+    with pytest.raises(ValueError, match="roc_run='nope' is not a finished run of this grid; finished: none"):
+        write_report(tmp_path, roc_run='nope', out_dir=tmp_path / 'elsewhere')
+    assert not (tmp_path / 'elsewhere').exists()   # checked before anything is written
+
+
+def probed_state(dom: str) -> dict:
+    "What PROBE recorded in a dumped DOM."
+    return json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1).replace('&quot;', '"'))
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium(chromium, smoke_grid, tmp_path):
+    page = write_report(smoke_grid.out)
+    assert {p.name for p in page.parent.iterdir()} == {'report.html', *(f'{t}.{x}' for t in ('runs', 'paper_vs_reproduced', 'delong')
+                                                                         for x in ('csv', 'md'))}
+    html = page.read_text()
+    assert not re.findall(r'''(?:src|href)\s*=\s*["']?(?!data:|#)[^"'\s>]''', html), "the page must not load anything"
+    control = tmp_path / 'control.html'           # the checks below do see a broken image and a script error
+    control.write_text(f"<html><head>{PROBE}</head><body><img src='data:image/png;base64,AAAA'><script>nope()</script></body></html>")
+    dom = browse(chromium, control, tmp_path, '--dump-dom')
+    assert probed_state(dom.stdout) == {'errors': ['Uncaught ReferenceError: nope is not defined', 'failed to load data:image/png;base64,AAAA'], 'images': 1,
+                                        'broken': ['data:image/png;base64,AAAA']} and console_errors(dom.stderr)
+    probed = tmp_path / 'probed' / 'report.html'   # a copy elsewhere: self-contained means it needs nothing next to it
+    probed.parent.mkdir(); probed.write_text(html.replace('<head>', '<head>' + PROBE, 1))
+    dom = browse(chromium, probed, tmp_path, '--dump-dom')
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert console_errors(dom.stderr) == []
+    assert probed_state(dom.stdout) == {'errors': [], 'images': 2, 'broken': []}   # metric vs axes and ROC curves, both decoded
+    text = dom.stdout
+    s = grid_summary(smoke_grid.out)
+    for _, r in s.iterrows():                                  # every run, its headline with CI, or its error
+        assert r['run'] in text
+        if r['status'] == 'failed': assert r['error'] in text
+        else: assert f"{r['value']:.3f} [{r['low']:.3f}, {r['high']:.3f}]" in text and r['setup'][:60] in text
+    cmp = comparison_table(smoke_grid.out)
+    assert len(cmp) and '<th>paper</th>' in text and 'difference (ours − paper)' in text
+    assert f"Paper: {cmp['paper_source'].iloc[0]}" in text and 'Table 4' in text
+    assert f"{cmp['paper'].iloc[0]:.3f}" in text
+    dl = delong_between_runs(smoke_grid.out)
+    assert len(dl) == 6 * 14 and 'loss=bce__optimizer=adam vs loss=bce__optimizer=ranger' in text   # 4 runs share their test images
+    shot = tmp_path / 'report.png'
+    run = browse(chromium, page, tmp_path, f'--screenshot={shot}', '--window-size=1280,2400', '--hide-scrollbars')
+    assert run.returncode == 0 and console_errors(run.stderr) == []
+    img = np.asarray(Image.open(shot).convert('L'))
+    assert img.shape == (2400, 1280) and img.std() > 10          # a page with content, not a blank or an error page
