@@ -41,6 +41,14 @@ def embedded_data_dir() -> Path:
 # %% ../nbs/00_core.ipynb #43ebbb3d
 def _norm(name: str) -> str: return ''.join(ch for ch in str(name).lower() if ch.isalnum() or ch in '+*')
 
+def _same_definition(a, b) -> bool:
+    "Whether `b` re-defines `a`: the same object, an equal value, or a function/class of the same module and name (a re-run cell)."
+    if a is b: return True
+    key = lambda o: (getattr(o, '__module__', None), getattr(o, '__qualname__', None))
+    if key(a)[1] is not None and key(a) == key(b): return True
+    try: return bool(a == b)
+    except Exception: return False
+
 class Registry:
     "Named entries (factories, functions, specs) of one kind: `register` by decorator or call, `get` by name or alias."
     def __init__(self, kind: str):
@@ -51,7 +59,7 @@ class Registry:
         def add(o):
             for n in (name, *aliases):
                 k = _norm(n)
-                if k in self._aliases and self._entries[self._aliases[k]] is not o:
+                if k in self._aliases and not _same_definition(self._entries[self._aliases[k]], o):
                     raise ValueError(f"{self.kind} {n!r} is already registered (as {self._aliases[k]!r})")
                 self._aliases[k] = name
             self._entries[name] = o

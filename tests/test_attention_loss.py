@@ -80,3 +80,27 @@ def test_lambda_schedule_and_arguments():
         with pytest.raises(ValueError, match='adaptive'): parse_lambda(bad)
     with pytest.raises(ValueError, match='published'): AttentionLoss(0.5, 'soft')
     with pytest.raises(ValueError, match='temperature'): AttentionLoss(0.5, 'differentiable', temperature=0)
+
+
+class Two(nn.Module):
+    "Two conv layers (CAM at the second), global mean, linear."
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv, self.head = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 2)
+    def forward(self, x): return self.head(torch.relu(self.conv(torch.relu(self.conv1(x)))).mean((2, 3)))
+
+
+@pytest.mark.parametrize('variant', ['published', 'differentiable'])
+def test_only_the_differentiable_term_moves_attention_into_the_prior(variant):
+    "Forty Adam steps on the attention term alone (λ = 0): the published one leaves the maps as they were."
+    torch.manual_seed(0)
+    net, x, y = Two(), torch.randn(8, 1, 16, 16), torch.ones(8, dtype=torch.long)
+    prior = torch.zeros(8, 1, 16, 16); prior[:, :, :8] = 1
+    share = lambda: in_prior_fraction(grad_cam(net, x, y, layer=net.conv, create_graph=False)[0].detach(), prior).mean().item()
+    opt, loss_fn, before = torch.optim.Adam(net.parameters(), 1e-2), AttentionLoss(0.0, variant), share()
+    for _ in range(40):
+        cams, logits = grad_cam(net, x, y, layer=net.conv, create_graph=variant == 'differentiable')
+        loss, _ = loss_fn(logits, y, cams if variant == 'differentiable' else cams.detach(), prior)
+        opt.zero_grad(); loss.backward(); opt.step()
+    if variant == 'published': assert share() == before
+    else: assert before < 0.6 and share() > 0.95

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cxr_notebooks.core import CXRDataError
-from cxr_notebooks.data.ham import (HAM_SETTINGS, ham_split, ham_split_names, localization_parts, patient_ham_folds, patient_of,
+from cxr_notebooks.data.ham import (ham_split, ham_split_names, localization_parts, patient_ham_folds, patient_of,
                                     patient_overlap, read_chexpert_box_json, read_ham_list, read_nih_box_json)
 from cxr_notebooks.data.splits import check_patient_disjoint
 

@@ -144,3 +144,28 @@ def test_cli_grid_and_report_errors_are_short(tmp_path, capsys):
     (tmp_path / 'bad.yaml').write_text("notebook: '002'\naxis:\n  loss: [bce]\n")
     assert 'axis' in _cli_error(capsys, 'grid', str(tmp_path / 'bad.yaml'))
     assert 'grid.json' in _cli_error(capsys, 'report', str(tmp_path))
+
+
+@pytest.mark.slow
+def test_torchxrayvision_model_scored_on_the_same_test_images(tmp_path):
+    "A torchxrayvision model (an untrained stand-in saved where its weights file goes: the plumbing, offline) vs ours."
+    import torch, torchxrayvision as xrv
+    from cxr_notebooks.models.xrv import xrv_weights_file
+    f, _ = xrv_weights_file('densenet121-res224-nih', tmp_path / 'xrv')
+    f.parent.mkdir(); torch.save(xrv.models.DenseNet(weights=None), f)
+    run_reproduction('002', tmp_path / 'run', {**SMALLEST, 'xrv_weights': 'densenet121-res224-nih', 'xrv_cache_dir': str(tmp_path / 'xrv')},
+                     html=False, progress=False)
+    rec = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
+    d = rec['results']['delong_vs_xrv']
+    assert d['weights'] == 'densenet121-res224-nih' and any(r.get('p_value') is not None and 0 <= r['p_value'] <= 1 for r in d['rows'])
+    pred = pd.read_csv(tmp_path / 'run' / 'predictions_xrv.csv')
+    assert len(pred) == rec['data']['split_sizes']['test'] and pred.filter(like='p_').stack().between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_torchxrayvision_weights_missing_offline_stop_before_training(tmp_path):
+    with pytest.raises(ReproductionFailed) as e:
+        run_reproduction('002', tmp_path, {**SMALLEST, 'xrv_weights': 'densenet121-res224-nih', 'xrv_cache_dir': str(tmp_path / 'none')},
+                         html=False, progress=False)
+    assert e.value.ename == 'PretrainedWeightsUnavailable' and 'densenet121-res224-nih' in e.value.evalue
+    assert not (tmp_path / 'ours').exists()   # stopped before any training
