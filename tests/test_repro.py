@@ -12,39 +12,53 @@ NOTEBOOKS = repro_notebooks()
 SMALLEST = NOTEBOOKS['002'].smallest
 
 
+@pytest.fixture(scope='module')
+def smallest_run(tmp_path_factory):
+    "Runs a notebook at its smallest setting once per module (`smallest_run(seed) -> run folder`), shared by the tests."
+    done = {}
+    def run(seed):
+        if seed not in done:
+            out = tmp_path_factory.mktemp(f'smallest{seed}')
+            run_reproduction(seed, out, NOTEBOOKS[seed].smallest, progress=False)
+            done[seed] = out
+        return done[seed]
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('seed', sorted(NOTEBOOKS))
-def test_every_notebook_runs_at_its_smallest_setting(tmp_path, seed):
+def test_every_notebook_runs_at_its_smallest_setting(smallest_run, seed):
     "Each notebook in nbs/repro/ runs end to end at its declared smallest setting and writes a schema-valid metrics.json."
-    nb = run_reproduction(seed, tmp_path, NOTEBOOKS[seed].smallest, progress=False)
-    assert nb.with_suffix('.html').is_file()
-    rec = json.loads((tmp_path / 'metrics.json').read_text())
-    check_record(rec, str(tmp_path / 'metrics.json'))
+    out = smallest_run(seed)
+    assert (out / NOTEBOOKS[seed].path.name).with_suffix('.html').is_file()
+    rec = json.loads((out / 'metrics.json').read_text())
+    check_record(rec, str(out / 'metrics.json'))
     assert rec['profile'] == NOTEBOOKS[seed].smallest['profile'] and rec['paper']['seed'] == seed
 
 
 @pytest.mark.slow
-def test_baseline_smoke_run_is_the_demo_configuration(tmp_path):
+def test_baseline_smoke_run_is_the_demo_configuration(smallest_run):
     "The demo configuration: official split, baseline, record with setup and CI, figures, Table 4 next to ours."
-    run_reproduction('002', tmp_path, SMALLEST, html=False, progress=False)
-    rec = json.loads((tmp_path / 'metrics.json').read_text())
+    out = smallest_run('002')
+    rec = json.loads((out / 'metrics.json').read_text())
     assert rec['setup'].startswith('profile=smoke') and 'seed=0' in rec['setup'] and 'split=official' in rec['setup']
     assert set(rec['data']['split_sizes']) == {'train', 'val', 'test'} and sum(rec['data']['split_sizes'].values()) == 160
     assert len(rec['results']['history']['epoch']) == 1
     h = rec['headline']
     assert h['metric'] == 'mean_auc' and h['low'] <= h['value'] <= h['high']
     for f in ('roc_curves.png', 'training_curves.png', 'data_summary.csv', 'ours/stage1/last.pt', 'run_config.json'):
-        assert (tmp_path / f).is_file(), f
-    table = pd.read_csv(tmp_path / 'paper_vs_reproduced_table4.csv')
+        assert (out / f).is_file(), f
+    table = pd.read_csv(out / 'paper_vs_reproduced_table4.csv')
     paper = reference_values('002', 'Table 4', 'baseline reproduce ChexNet [15]')
     assert table.set_index('label').loc['Cardiomegaly', 'paper'] == pytest.approx(paper['Cardiomegaly'])
     assert rec['comparisons']['table4']['paper_source'].startswith(paper.attrs['source'])
 
 
 @pytest.mark.slow
-def test_rerun_with_other_parameters_stops_and_names_them(tmp_path):
+def test_rerun_with_other_parameters_stops_and_names_them(smallest_run, tmp_path):
     "Defect: a re-run into the same folder with other parameters used to resume the old checkpoints silently."
-    run_reproduction('002', tmp_path, SMALLEST, html=False, progress=False)
+    import shutil
+    tmp_path = shutil.copytree(smallest_run('002'), tmp_path / 'run')
     before = (tmp_path / 'ours' / 'stage1' / 'last.pt').stat().st_mtime_ns
     with pytest.raises(ReproductionFailed) as e:
         run_reproduction('002', tmp_path, {**SMALLEST, 'max_images': 120, 'lr': 0.5}, html=False, progress=False)
@@ -58,21 +72,30 @@ def test_rerun_with_other_parameters_stops_and_names_them(tmp_path):
 
 @pytest.mark.slow
 def test_aggregate_method_smoke_run_with_relative_split_file(tmp_path, monkeypatch):
-    "Weighted focal loss + Ranger + two stages vs a BCE baseline (DeLong), on a CSV split given relative to the caller."
+    "Weighted focal loss + Ranger + two stages vs a BCE baseline and a torchxrayvision model (DeLong), on a CSV split given relative to the caller."
     from cxr_notebooks.reproduce.kit import load_nih_data, make_split
-    parts = make_split(load_nih_data('smoke', max_images=200), 'official')
+    parts = make_split(load_nih_data('smoke', max_images=120), 'official')
     pd.DataFrame([(i, k) for k, t in parts.items() for i in t['image']], columns=['image', 'split']).to_csv(tmp_path / 'mine.csv', index=False)
     monkeypatch.chdir(tmp_path)
+    import torch, torchxrayvision as xrv
+    from cxr_notebooks.models.xrv import xrv_weights_file
+    f, _ = xrv_weights_file('densenet121-res224-nih', tmp_path / 'xrv')
+    f.parent.mkdir(); torch.save(xrv.models.DenseNet(weights=None), f)   # an untrained stand-in where its weights go: the plumbing, offline
     run_reproduction('002', 'run', {**SMALLEST, 'max_images': None, 'loss': 'wfocal', 'optimizer': 'ranger', 'stages': 2,
-                                    'backbone': 'mobilenetv2_100', 'split': 'mine.csv'}, html=False, progress=False)
+                                    'backbone': 'mobilenetv2_100', 'split': 'mine.csv', 'xrv_weights': 'densenet121-res224-nih',
+                                    'xrv_cache_dir': 'xrv'}, html=False, progress=False)
     rec = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
     assert rec['results']['history']['image_size'] == [32, 64] and rec['results']['history']['stage'] == [1, 2]
-    assert rec['config']['split'] == str(tmp_path / 'mine.csv') and sum(rec['data']['split_sizes'].values()) == 200
+    assert rec['config']['split'] == str(tmp_path / 'mine.csv') and sum(rec['data']['split_sizes'].values()) == 120
     delong = pd.read_csv(tmp_path / 'run' / 'delong_vs_baseline.csv')
     assert list(delong.columns) == ['label', 'auc_baseline', 'auc_ours', 'difference', 'z', 'p_value']
     tested = delong.dropna()
     assert len(tested) > 0 and tested['p_value'].between(0, 1).all()
     assert rec['comparisons'] == {}   # a CSV split matches no paper column: not compared with a neighbouring one
+    d = rec['results']['delong_vs_xrv']
+    assert d['weights'] == 'densenet121-res224-nih' and any(r.get('p_value') is not None and 0 <= r['p_value'] <= 1 for r in d['rows'])
+    pred = pd.read_csv(tmp_path / 'run' / 'predictions_xrv.csv')
+    assert len(pred) == rec['data']['split_sizes']['test'] and pred.filter(like='p_').stack().between(0, 1).all()
 
 
 @pytest.mark.slow
@@ -144,22 +167,6 @@ def test_cli_grid_and_report_errors_are_short(tmp_path, capsys):
     (tmp_path / 'bad.yaml').write_text("notebook: '002'\naxis:\n  loss: [bce]\n")
     assert 'axis' in _cli_error(capsys, 'grid', str(tmp_path / 'bad.yaml'))
     assert 'grid.json' in _cli_error(capsys, 'report', str(tmp_path))
-
-
-@pytest.mark.slow
-def test_torchxrayvision_model_scored_on_the_same_test_images(tmp_path):
-    "A torchxrayvision model (an untrained stand-in saved where its weights file goes: the plumbing, offline) vs ours."
-    import torch, torchxrayvision as xrv
-    from cxr_notebooks.models.xrv import xrv_weights_file
-    f, _ = xrv_weights_file('densenet121-res224-nih', tmp_path / 'xrv')
-    f.parent.mkdir(); torch.save(xrv.models.DenseNet(weights=None), f)
-    run_reproduction('002', tmp_path / 'run', {**SMALLEST, 'xrv_weights': 'densenet121-res224-nih', 'xrv_cache_dir': str(tmp_path / 'xrv')},
-                     html=False, progress=False)
-    rec = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
-    d = rec['results']['delong_vs_xrv']
-    assert d['weights'] == 'densenet121-res224-nih' and any(r.get('p_value') is not None and 0 <= r['p_value'] <= 1 for r in d['rows'])
-    pred = pd.read_csv(tmp_path / 'run' / 'predictions_xrv.csv')
-    assert len(pred) == rec['data']['split_sizes']['test'] and pred.filter(like='p_').stack().between(0, 1).all()
 
 
 @pytest.mark.slow

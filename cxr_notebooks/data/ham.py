@@ -156,7 +156,8 @@ def localization_parts(fold: Mapping[str, pd.DataFrame], # a `patient_ham_folds`
                        boxed: Sequence[str], # names of the annotated images
                        unannotated_fraction: float = 0.5, # share of ALL unannotated images used for training
                        val_fraction: float = 0.1, # patient-level validation part of the training images
-                       seed: int = 0) -> dict[str, pd.DataFrame]:
+                       seed: int = 0, # seeds the patient draws
+                      ) -> dict[str, pd.DataFrame]:
     "The localization setting of a fold: train on its annotated train+val images and a share of the unannotated ones, test on its annotated test images."
     boxed = set(boxed)
     pool = pd.concat([fold['train'], fold['val']], ignore_index=True)

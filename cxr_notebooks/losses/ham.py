@@ -23,8 +23,12 @@ def soft_mask(m: torch.Tensor, alpha: float = 100.0, beta: float = 0.4) -> torch
     "Eq. 2: `T(M) = 1 / (1 + exp(-alpha (M - beta)))`."
     return torch.sigmoid(alpha * (m - beta))
 
-def refined_attention(cam: torch.Tensor, size: int | tuple[int, int] | None = None, alpha: float = 100.0,
-                      beta: float = 0.4, order: str = 'paper') -> torch.Tensor:
+def refined_attention(cam: torch.Tensor, # (B, K, h, w) raw attention M
+                      size: int | tuple[int, int] | None = None, # output (H, W); None: the map's own size
+                      alpha: float = 100.0, # Eq. 2
+                      beta: float = 0.4, # Eq. 2
+                      order: str = 'paper', # 'paper': T then interpolate; 'code': interpolate, normalise, T
+                     ) -> torch.Tensor:
     "T(normalised M) at `size`: 'paper' soft-masks then interpolates bilinearly; 'code' interpolates, normalises, then soft-masks."
     if order not in ('paper', 'code'): raise ValueError(f"order={order!r}; expected 'paper' or 'code'")
     up = (lambda t: t) if size is None else (lambda t: F.interpolate(t, size=size, mode='bilinear', align_corners=False))
@@ -74,7 +78,10 @@ def union_loss(cam: torch.Tensor, # (B, D, H, W) abnormality attention M^a (raw)
                pos_cam: torch.Tensor, # (B, 1, H, W) positive attention M^P (raw)
                labels: torch.Tensor, # (B, D) 0/1 image labels
                variant: str = 'paper', # 'paper' (normalised maps, beta 0.4) or 'code' (raw maps, beta 0.75)
-               alpha: float = 100.0, beta: float = 0.4, code_beta: float = 0.75) -> torch.Tensor:
+               alpha: float = 100.0, # Eq. 2
+               beta: float = 0.4, # Eq. 2 (paper variant)
+               code_beta: float = 0.75, # the code's beta on raw maps
+              ) -> torch.Tensor:
     "Eq. 5: one minus the share of the positive attention inside the union of the positive classes' attention."
     _check_variant(variant)
     ma, _ = _maps(cam, variant, alpha, beta, code_beta)
@@ -103,7 +110,9 @@ def amse_loss(cam: torch.Tensor, # (B, D, h, w) raw abnormality attention
               masks: torch.Tensor, # (B, D, H, W) box masks G (`box_masks`)
               has_box: torch.Tensor, # (B, D) bool: which G are used
               variant: str = 'paper', # 'paper' (per image, T then interpolate) or 'code' (batch-pooled per class, interpolate first)
-              alpha: float = 100.0, beta: float = 0.4) -> torch.Tensor:
+              alpha: float = 100.0, # Eq. 2
+              beta: float = 0.4, # Eq. 2
+             ) -> torch.Tensor:
     "Eq. 6: the attention-adaptive MSE between T(M^{a_k}) at the input size and the box masks, over boxed classes."
     _check_variant(variant)
     t = refined_attention(cam, masks.shape[-2:], alpha, beta, order=variant)
@@ -126,7 +135,9 @@ class HAMLoss(nn.Module):
                  bound: bool = True, # use L_bound (Table VI '+Bound', '+ABU')
                  union: bool = True, # use L_union (Table VI '+ABU')
                  variant: str = 'paper', # 'paper' or 'code' (see the table above)
-                 alpha: float = 100.0, beta: float = 0.4, code_beta: float = 0.75):
+                 alpha: float = 100.0, # Eq. 2
+                 beta: float = 0.4, # Eq. 2 (paper variant)
+                 code_beta: float = 0.75): # the code's beta on raw maps (code variant)
         super().__init__(); _check_variant(variant)
         self.z, self.lambda1, self.lambda2, self.lambda3 = z, lambda1, lambda2, lambda3
         self.bound, self.union, self.variant = bound, union, variant

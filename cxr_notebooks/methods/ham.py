@@ -68,7 +68,9 @@ def build_ham(name: str, # a Table VI row or 'HAM'
               num_classes: int, # D
               backbone: str = 'resnet50', # the paper's; 'resnet18' for the CPU profiles
               encoder_channels: int = 512, # Conv1-3 channels
-              pretrained: bool = False, weights: str | None = None, on_missing_weights: str = 'raise',
+              pretrained: bool = False, # ImageNet weights for the backbone
+              weights: str | None = None, # a local ImageNet checkpoint of the backbone
+              on_missing_weights: str = 'raise', # 'raise' or 'warn' when weights cannot be loaded
               drop_rate: float = 0.1, # the authors' Dropout2d on the encoded map
               detach_cam_weights: bool = False, # the authors' code detaches the head weights in the online CAM
              ) -> HAM:
@@ -112,9 +114,16 @@ def train_ham(parts: dict[str, pd.DataFrame], # 'train' and 'val' image tables
               name: str = 'HAM', # a Table VI row or 'HAM'
               boxes: pd.DataFrame | None = None, # box table (stored-image pixels) of the helper images
               helper: Sequence[str] = (), # images whose boxes feed L_amse (empty: z = 0)
-              image_size: int = 512, batch_size: int = 24, epochs: int = 20, lr: float = 2e-5, weight_decay: float = 1e-4,
+              image_size: int = 512, # input side (paper: 512)
+              batch_size: int = 24, # paper: 24
+              epochs: int = 20, # paper: 20
+              lr: float = 2e-5, # Adam learning rate, divided by 10 every 10 epochs
+              weight_decay: float = 1e-4, # paper: 1e-4
               variant: str = 'paper', # losses: 'paper' or 'code'
-              seed: int = 0, device: str | None = None, num_workers: int | str | None = None, progress: bool = True,
+              seed: int = 0, # seeds initialisation and shuffling
+              device: str | None = None, # default: CUDA when available
+              num_workers: int | str | None = None, # loader workers ('auto' when None)
+              progress: bool = True, # tqdm bars
               **model_kw, # `build_ham` arguments (backbone, encoder_channels, pretrained, ...)
              ) -> HAMResult:
     "Train one Table VI row on parts train/val (selecting on val's mean AUROC); resumes from `out_dir`."
@@ -134,8 +143,14 @@ def train_ham(parts: dict[str, pd.DataFrame], # 'train' and 'val' image tables
     history = learner.fit(epochs, resume=True)
     return HAMResult(learner.model.eval(), history, name)
 
-def predict_ham(model: nn.Module, table: pd.DataFrame, labels: Sequence[str], image_size: int, device: str | None = None,
-                batch_size: int = 32, num_workers: int | str | None = 0) -> pd.DataFrame:
+def predict_ham(model: nn.Module, # a trained HAM
+                table: pd.DataFrame, # image table with the label columns
+                labels: Sequence[str], # the model's outputs
+                image_size: int, # model input side
+                device: str | None = None, # default: the model's
+                batch_size: int = 32, # evaluation batch size
+                num_workers: int | str | None = 0, # loader workers
+               ) -> pd.DataFrame:
     "`eval.predictions.predict_table` for a HAM: image, patient_id, y_<label>, p_<label>."
     return predict_table(model, table, labels, image_size, batch_size, device, num_workers=num_workers, normalize=NORMALIZE, step=ham_step)
 
@@ -149,7 +164,11 @@ def _boxed_loader(table: pd.DataFrame, boxes: pd.DataFrame, labels: Sequence[str
                     boxes=boxes, image_size=image_size, name='boxed images')
     return ds, make_dataloader(ds, batch_size, False, num_workers=0)
 
-def attention_levels(model: nn.Module, images: torch.Tensor, size: int | None = None, order: str = 'paper') -> dict[str, torch.Tensor]:
+def attention_levels(model: nn.Module, # a HAM (any Table VI row)
+                     images: torch.Tensor, # normalised input batch (B, 3, H, W)
+                     size: int | None = None, # output side (default: the input's)
+                     order: str = 'paper', # `losses.ham.refined_attention` order
+                    ) -> dict[str, torch.Tensor | None]:
     "The three attention levels of a HAM at `size`: foreground (B,1,H,W), positive T(M^P), abnormality T(M^a) (None when absent)."
     with torch.no_grad(): out = model(images)
     size = size or images.shape[-1]
@@ -165,7 +184,9 @@ def localization_table(model: nn.Module, # a trained HAM
                        threshold: float = 0.999, # on T(M); 0.1 is the paper's lenient setting
                        region: str = 'box', # 'box' (paper) or 'mask' (authors' code)
                        order: str = 'paper', # T then interpolate ('paper') or interpolate first ('code')
-                       device: str | None = None, batch_size: int = 16) -> pd.DataFrame:
+                       device: str | None = None, # default: the model's
+                       batch_size: int = 16, # evaluation batch size
+                      ) -> pd.DataFrame:
     "IoU and IoR of the thresholded abnormality attention per (image, label) with a ground-truth box."
     if region not in ('box', 'mask'): raise ValueError(f"region={region!r}; expected 'box' or 'mask'")
     boxes = boxes[boxes['label'].isin(labels)]
@@ -190,7 +211,8 @@ def localization_table(model: nn.Module, # a trained HAM
 
 def localization_accuracy(scores: pd.DataFrame, # `localization_table` output
                           labels: Sequence[str], # classes, in column order
-                          t_iou: Sequence[float] = T_IOU, t_ior: Sequence[float] = T_IOR,
+                          t_iou: Sequence[float] = T_IOU, # T(IoU) rows
+                          t_ior: Sequence[float] = T_IOR, # T(IoR) rows
                           strict: bool = True, # '>' as the paper; False: '>=' as the authors' code
                          ) -> pd.DataFrame:
     "Share of correctly localised cases per class at each T(IoU) and T(IoR): rows `criterion`, `threshold`, classes, `Average`."
