@@ -131,13 +131,18 @@ def test_step_published_trains_on_lambda_ce_only_and_differentiable_does_not():
     assert set(out['loss_terms']) == {'ce', 'attention'} and out['logits'].shape == (4, 2)
 
 
-def test_step_counts_epochs_for_the_adaptive_lambda():
+def test_step_takes_the_adaptive_lambda_from_the_learners_epoch():
+    "Defect found while building: the step counted epochs itself, so a resumed run restarted adaptive λ at 1."
     net, step = Tiny(), la.AttentionStep(layer='conv')
     batch = {'image': torch.randn(2, 1, 8, 8), 'label': torch.eye(2)[[1, 0]], 'mask': torch.ones(2, 1, 8, 8, dtype=torch.uint8)}
-    for training in (True, True, False, True, True, False, True):
-        net.train(training)
-        with torch.set_grad_enabled(training): step(net, batch, AttentionLoss('adaptive'))
-    assert step.epoch == 2
+    net.eval()
+    loss_fn = AttentionLoss('adaptive')
+    with torch.no_grad():
+        first = step(net, {**batch, 'epoch': 1}, loss_fn)
+        eleventh = step(net, {**batch, 'epoch': 11}, loss_fn)
+    ce, att = (float(first[1]['loss_terms'][k]) for k in ('ce', 'attention'))
+    assert float(first[0]) == pytest.approx(ce)                                  # epoch 1: λ = 1
+    assert float(eleventh[0]) == pytest.approx(0.77 * ce + 0.23 * att)          # epoch 11: λ = 1 - 0.023 * 10
     net.eval()
     with torch.no_grad():
         loss, logits = step(net, batch, None)

@@ -108,3 +108,11 @@ def test_duplicate_key_and_empty_dir(tmp_path, ref):
     empty = tmp_path / 'empty'; empty.mkdir()
     with pytest.raises(CXRDataError, match='no reference CSV'):
         load_reference(empty)
+
+
+def test_reference_values_by_model():
+    "Seed 000 reports each table per backbone: `model=` picks one, and leaving it out says which to pass."
+    s = reference_values('000', 'Table I', 'cross-entropy', metric='sensitivity', split='ottawa', model='PVT')
+    assert s['Effusion vs No Finding'] == pytest.approx(0.654) and s.attrs['model'] == 'PVT'
+    with pytest.raises(CXRDataError, match=r"pass model= one of \['PVT', 'ResNet50', 'VGG16'\]"):
+        reference_values('000', 'Table I', 'cross-entropy', metric='sensitivity', split='ottawa')

@@ -489,3 +489,14 @@ def test_registries():
         Learner(cnn(), [], [], nn.BCEWithLogitsLoss(), opt, scheduler=3, out_dir='unused')
     with pytest.raises(ValueError, match="unknown scheduler 'linear'"):
         Learner(cnn(), [], [], nn.BCEWithLogitsLoss(), opt, scheduler='linear', out_dir='unused')
+
+
+def test_step_sees_the_epoch_also_after_resume(tmp_path):
+    "Steps whose loss changes over training (seed 000's adaptive λ) read `batch['epoch']`; a resumed run continues it."
+    seen = []
+    def step(model, batch, loss_fn):
+        if model.training: seen.append(batch['epoch'])
+        return train_mod.classification_step(model, batch, loss_fn)
+    make(tmp_path, step=step).fit(2)
+    make(tmp_path, step=step).fit(3, resume=True)
+    assert sorted(set(seen)) == [1, 2, 3] and seen[-1] == 3 and seen.count(3) == seen.count(1)

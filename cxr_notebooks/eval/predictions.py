@@ -32,11 +32,12 @@ def predict_table(model: nn.Module, # a trained model (sigmoid outputs, one per 
                   num_workers: int | str | None = None, # loader workers ('auto' when None)
                   normalize: str = 'imagenet', # input normalisation
                   step: Callable | None = None, # a paper's step, when the model returns a dict (see `train.learner`)
+                  activation: str | None = 'sigmoid', # logits -> probabilities: 'sigmoid' (multi-label), 'softmax' (one class per image)
                  ) -> pd.DataFrame:
     "Probabilities of `model` for every image of `table`: columns image, patient_id, y_<label>, p_<label>."
     ds = stage_dataset(table, labels, image_size, False, cache, normalize)
     dl = make_dataloader(ds, batch_size, shuffle=False, num_workers='auto' if num_workers is None else num_workers)
-    probs, _ = predict(model, dl, device=device, **({'step': step} if step is not None else {}))
+    probs, _ = predict(model, dl, device=device, activation=activation, **({'step': step} if step is not None else {}))
     out = table[['image', 'patient_id']].reset_index(drop=True)
     truth = table[list(labels)].to_numpy(float)  # NaN (unknown, e.g. CheXpert U-Ignore) stays NaN
     return pd.concat([out, pd.DataFrame(truth, columns=[f'y_{l}' for l in labels]),

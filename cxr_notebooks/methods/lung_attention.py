@@ -228,16 +228,14 @@ def byo_task_split(root: str | Path, task: str, patient_from_name: str | Callabl
 # %% ../../nbs/methods/81_lung_attention.ipynb #552eeced
 class AttentionStep:
     "Seed 000's training step: logits and Grad-CAM of the true class in one forward pass, fed to an `AttentionLoss`."
-    def __init__(self, layer: nn.Module | str | None = None, epoch: int = -1):
-        self.layer, self.epoch, self._was_training = layer, epoch, False
+    def __init__(self, layer: nn.Module | str | None = None):
+        self.layer = layer
 
     def __call__(self, model: nn.Module, batch: dict, loss_fn: AttentionLoss | None) -> tuple[torch.Tensor | None, dict | torch.Tensor]:
-        if model.training and not self._was_training: self.epoch += 1
-        self._was_training = model.training
         x = batch['image']
         if loss_fn is None: return None, model(x)
         target, priors = batch['label'].argmax(1), batch.get('mask')
-        epoch = max(self.epoch, 0)
+        epoch = max(int(batch.get('epoch', 1)) - 1, 0)   # the Learner's 1-based epoch; λ's schedule counts from 0
         if priors is None or (model.training and loss_fn.weight(epoch) >= 1): cams, logits = None, model(x)
         else:
             graph = model.training and loss_fn.differentiable

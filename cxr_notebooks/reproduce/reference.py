@@ -83,19 +83,30 @@ def reference_table(seed_file_prefix: str = '002', table: str = 'Table 4', setti
     w.attrs.update(source=_source(d, seed_file_prefix, table), seed_file=sorted(d.seed_file.unique()), table=table, metric=metric)
     return w
 
-def reference_values(seed: str, table: str, setting: str, metric: str = 'auc', split: str | None = None,
-                     ref: pd.DataFrame | None = None) -> pd.Series:
+def reference_values(seed: str, # the seed file prefix ('002')
+                     table: str, # 'Table 4'
+                     setting: str, # the table's column (a `setting` of data/reference)
+                     metric: str = 'auc', # the metric
+                     split: str | None = None, # needed when the setting is reported on several splits
+                     ref: pd.DataFrame | None = None, # the reference table (default: data/reference)
+                     model: str | None = None, # needed when the table reports several models (seed 000: per backbone)
+                    ) -> pd.Series:
     "Reported numbers of one setting as a label -> value Series; `attrs['source']` cites seed file and table."
     d = _select(load_reference() if ref is None else ref, seed, table, metric)
     d = d[d.setting == setting]
     if d.empty: raise CXRDataError(f"{table} of seed {seed} has no setting {setting!r} for metric {metric!r}")
     if split is not None: d = d[d.split == split]
+    if model is not None:
+        d = d[d.model.astype(str) == str(model)]
+        if d.empty: raise CXRDataError(f"{table} of seed {seed}, {setting!r}: no rows for model={model!r}")
+    elif d.model.nunique() > 1:
+        raise CXRDataError(f"{table} of seed {seed}, {setting!r}: pass model= one of {sorted(d.model.dropna().astype(str).unique())}")
     if d.empty or d.split.nunique() > 1:
         raise CXRDataError(f"{table} of seed {seed}, {setting!r}: pass split= one of {sorted(set(d.split) or '-')} "
                            f"({'none matches' if d.empty else 'several splits'})")
     s = d.set_index('label').value.loc[_label_order(d.label)].rename(setting)
     s.attrs.update(source=_source(d, seed, table) + (f', {d.split.iloc[0]}'), seed_file=sorted(d.seed_file.unique()),
-                   table=table, setting=setting, split=d.split.iloc[0], metric=metric)
+                   table=table, setting=setting, split=d.split.iloc[0], metric=metric, model=model)
     return s
 
 # %% ../../nbs/reproduce/90_reference.ipynb #ddd3f2a1

@@ -285,8 +285,8 @@ class Learner:
         return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
 
     def _to_device(self, batch: dict) -> dict:
-        "The batch on the learner's device (channels-last images if asked)."
-        batch = to_device(batch, self.device)
+        "The batch on the learner's device (channels-last images if asked), with `epoch`: the 1-based epoch being trained/validated."
+        batch = {**to_device(batch, self.device), 'epoch': self.epoch + 1}
         if self.channels_last and batch['image'].ndim == 4: batch['image'] = batch['image'].contiguous(memory_format=torch.channels_last)
         return batch
 
