@@ -4,14 +4,14 @@
 
 # %% ../../nbs/methods/80_aggregate.ipynb #224844cf
 from __future__ import annotations
-from dataclasses import dataclass
 from typing import Sequence
 import pandas as pd
 from torch import nn
+from ..eval.paper import PaperColumn
 from ..losses.classification import class_balanced_weights, create_loss, label_counts
 
 # %% auto #0
-__all__ = ['PAPER', 'PROFILES', 'default_image_size', 'aggregate_loss', 'loss_weights_table', 'PaperColumn', 'paper_columns']
+__all__ = ['PAPER', 'PROFILES', 'default_image_size', 'aggregate_loss', 'loss_weights_table', 'paper_columns']
 
 # %% ../../nbs/methods/80_aggregate.ipynb #59ed578c
 PAPER: dict = dict(seed='002', source='002_ebbdae81f59a347f.txt',
@@ -51,15 +51,6 @@ def loss_weights_table(train: pd.DataFrame, labels: Sequence[str], beta: float =
     return counts.join(w)
 
 # %% ../../nbs/methods/80_aggregate.ipynb #0a544e03
-@dataclass(frozen=True)
-class PaperColumn:
-    "One column of a seed 002 table: which table, the setting's name in `data/reference`, the split, the stage."
-    table: str
-    setting: str
-    split: str
-    stage: int | None = None
-    note: str = ''
-
 _WFOCAL = 'weighted focal loss beta=0.9998'
 _NAMES = {'densenet121': 'DenseNet-121', 'efficientnet_b3': 'EfficientNet-B3'}
 
@@ -73,10 +64,10 @@ def paper_columns(split: str, loss: str, backbone: str, stages: int, optimizer: 
                   ('wfocal', 'densenet121', 2, 'ranger'): (f'{_WFOCAL} DenseNet-121 two-stage', ''),
                   ('wfocal', 'efficientnet_b3', 2, 'ranger'): (f'{_WFOCAL} EfficientNet-B3 two-stage', '')}
         hit = table4.get(key)
-        return [PaperColumn('Table 4', hit[0], 'official_test', int(stages), hit[1])] if hit else []
+        return [PaperColumn('Table 4', hit[0], 'official_test', stage=int(stages), note=hit[1])] if hit else []
     if split == 'chexnet' and name and optimizer.lower() == 'ranger':
-        if loss == 'wfocal': return [PaperColumn('Table 8', f'{_WFOCAL} {name} stage {s}', 'chexnet_test', s) for s in range(1, int(stages) + 1)]
-        if loss == 'focal' and backbone == 'densenet121': return [PaperColumn('Table 5', 'focal loss DenseNet-121', 'chexnet_test', 1)]
+        if loss == 'wfocal': return [PaperColumn('Table 8', f'{_WFOCAL} {name} stage {s}', 'chexnet_test', stage=s) for s in range(1, int(stages) + 1)]
+        if loss == 'focal' and backbone == 'densenet121': return [PaperColumn('Table 5', 'focal loss DenseNet-121', 'chexnet_test', stage=1)]
     if split == 'kfold' and key == ('wfocal', 'efficientnet_b3', 2, 'ranger'):
-        return [PaperColumn('Table 7', f'{_WFOCAL} EfficientNet-B3 two-stage', '5fold_cv', 2)]
+        return [PaperColumn('Table 7', f'{_WFOCAL} EfficientNet-B3 two-stage', '5fold_cv', stage=2)]
     return []

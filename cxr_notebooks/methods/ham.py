@@ -15,6 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 from ..data.contract import BOX_COLUMNS
 from ..data.datasets import CXRDataset, default_transforms, make_dataloader
+from ..eval.paper import PaperColumn
 from ..losses.ham import HAMLoss, box_masks, refined_attention
 from ..metrics.localization import heatmap_to_boxes, localization_scores
 from ..models.backbones import create_model
@@ -26,7 +27,7 @@ from ..eval.predictions import predict_table
 # %% auto #0
 __all__ = ['PAPER', 'PROFILES', 'ABLATIONS', 'HAM_ROW', 'NORMALIZE', 'T_IOU', 'T_IOR', 'ablation', 'build_ham', 'ham_loss',
            'ham_step', 'HAMResult', 'train_ham', 'predict_ham', 'attention_levels', 'localization_table',
-           'localization_accuracy', 'PaperColumn', 'paper_columns', 'accuracy_row']
+           'localization_accuracy', 'paper_columns', 'accuracy_row']
 
 # %% ../../nbs/methods/82_ham.ipynb #398df5d5
 PAPER: dict = dict(seed='001', source='001_346aec97e7be795c.txt',
@@ -225,16 +226,6 @@ def localization_accuracy(scores: pd.DataFrame, # `localization_table` output
     return pd.DataFrame(rows)
 
 # %% ../../nbs/methods/82_ham.ipynb #ed6bf021
-@dataclass(frozen=True)
-class PaperColumn:
-    "One row of a seed 001 table: table, setting (row name in `data/reference`), split and metric."
-    table: str
-    setting: str
-    split: str
-    metric: str = 'auc'
-    note: str = ''
-    stage: int | None = None
-
 def paper_columns(profile: str, split: str, name: str, boxes_in_training: bool) -> list[PaperColumn]:
     "The rows of the paper's tables a run of this configuration reproduces (empty when none does)."
     if profile == 'phantom': return []
@@ -247,8 +238,8 @@ def paper_columns(profile: str, split: str, name: str, boxes_in_training: bool) 
         return [PaperColumn('Table III', 'Ours', 'nih_without_bboxes', f'loc_iou_{t}') for t in (0.1, 0.3)]
     if split in ('cv_localization', 'patient_localization') and boxes_in_training:
         note = 'patient-level folds (ours), the paper used image-level folds' if split == 'patient_localization' else ''
-        return ([PaperColumn('Table IV', 'Ours', '5fold_cv_localization', f'loc_iou_{t}', note) for t in T_IOU] +
-                [PaperColumn('Table V', 'Ours', '5fold_cv_localization', f'loc_ior_{t}', note) for t in T_IOR])
+        return ([PaperColumn('Table IV', 'Ours', '5fold_cv_localization', f'loc_iou_{t}', note=note) for t in T_IOU] +
+                [PaperColumn('Table V', 'Ours', '5fold_cv_localization', f'loc_ior_{t}', note=note) for t in T_IOR])
     return []
 
 # %% ../../nbs/methods/82_ham.ipynb #8bd8bfc0

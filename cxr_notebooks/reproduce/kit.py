@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from ..core import CXRDataError, embedded_data_dir, require_columns, seed_everything
 from ..data import nih, splits
+from ..eval.paper import PaperColumn
 from ..eval.predictions import predict_table
 from .reference import reference_values
 from ..train.stages import Stage, StagesResult, image_cache, progressive_stages, train_stages
@@ -197,12 +198,12 @@ def train_and_predict(run: Run, # the run (output folder, device, seed)
 # %% ../../nbs/reproduce/91_kit.ipynb #8739a40b
 def compare_with_paper(ours: pd.DataFrame, # per-class `label, auc, low, high` (e.g. `eval.predictions.auc_table`)
                        seed: str, # the paper's seed number in `data/reference`
-                       column, # a method module's `PaperColumn` (table, setting, split)
+                       column: PaperColumn, # which paper column (a method module's `paper_columns`)
                        setup: str, # the run's setup line
                        out: Path | None = None, # write `paper_vs_reproduced_<table>[_stage<k>].csv` here
                       ) -> pd.DataFrame:
     "The `paper_vs_reproduced` table of `ours` against one column of the paper's table (source and setup in `attrs`)."
-    paper = reference_values(seed, column.table, column.setting, split=column.split)
+    paper = reference_values(seed, column.table, column.setting, metric=column.metric, split=column.split)
     paper.index = paper.index.astype(str)
     source = paper.attrs['source'] + (f' ({column.note})' if column.note else '')
     name = f"paper_vs_reproduced_{column.table.lower().replace(' ', '')}" + (f'_stage{column.stage}' if column.stage and column.table != 'Table 4' else '')
