@@ -11,7 +11,8 @@ from typing import Sequence
 import numpy as np
 
 # %% auto #0
-__all__ = ['DATA_ENV_VAR', 'CXRDataError', 'require_columns', 'embedded_data_dir', 'Registry', 'seed_everything']
+__all__ = ['DATA_ENV_VAR', 'CXRDataError', 'require_columns', 'embedded_data_dir', 'Registry', 'atomic_write_text',
+           'seed_everything']
 
 # %% ../nbs/00_core.ipynb #04a0a293
 class CXRDataError(ValueError):
@@ -92,6 +93,12 @@ class Registry:
     def __repr__(self) -> str: return f"Registry({self.kind!r}: {', '.join(self._entries)})"
 
 # %% ../nbs/00_core.ipynb #3c424b02
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    "Write `text` to `path` through a temporary file and `os.replace`: a kill mid-write leaves the old file intact."
+    path = Path(path); tmp = path.with_name(path.name + f'.tmp-{os.getpid()}')
+    tmp.write_text(text, encoding='utf-8'); os.replace(tmp, path)
+    return path
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     "Seed Python, NumPy and PyTorch (and ask PyTorch for deterministic kernels where it has them)."
     import torch

@@ -4,13 +4,13 @@
 
 # %% ../../nbs/reproduce/93_grid.ipynb #717631fc
 from __future__ import annotations
-import datetime, difflib, hashlib, itertools, json, os, re, time
+import datetime, difflib, hashlib, itertools, json, re, time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
-from ..core import CXRDataError
+from ..core import CXRDataError, atomic_write_text
 from .kit import NON_RESULT_PARAMETERS, RunConfigMismatch, check_record, check_run_config
 from .runner import ReproductionFailed, check_parameters, find_notebook, run_reproduction
 
@@ -188,8 +188,7 @@ def _write_status(out_dir: Path, spec: GridSpec, notebook: Path, runs: Sequence[
               'parameters': spec.parameters, 'resources': spec.resources,
               'updated': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
               'runs': [{**asdict(r), 'out_dir': str(out_dir / r.name)} for r in runs]}
-    tmp = out_dir / f'{GRID_STATUS}.tmp'
-    tmp.write_text(json.dumps(status, indent=1, default=str)); os.replace(tmp, out_dir / GRID_STATUS)
+    atomic_write_text(out_dir / GRID_STATUS, json.dumps(status, indent=1, default=str))
 
 def _ray_results(tasks: Sequence[dict], # `_execute` arguments, one per run
                  resources: Mapping[str, float], # num_cpus, num_gpus per run

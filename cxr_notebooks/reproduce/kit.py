@@ -4,7 +4,7 @@
 
 # %% ../../nbs/reproduce/91_kit.ipynb #9b07d6c7
 from __future__ import annotations
-import datetime, json, os
+import datetime, json
 from dataclasses import dataclass, field
 from importlib.metadata import version, PackageNotFoundError
 from pathlib import Path
@@ -13,7 +13,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from ..core import CXRDataError, embedded_data_dir, require_columns, seed_everything
+from ..core import CXRDataError, atomic_write_text, embedded_data_dir, require_columns, seed_everything
 from ..data import nih, splits
 from ..eval.paper import PaperColumn
 from ..eval.predictions import predict_table
@@ -52,7 +52,7 @@ def check_run_config(out: Path, config: Mapping[str, Any]) -> None:
         raise RunConfigMismatch(f"{out} holds checkpoints but no run_config.json (an older or foreign run); "
                                 f"use another output folder (--out / out_dir), or delete {out}.")
     Path(out).mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix('.tmp'); tmp.write_text(json.dumps(config, indent=1, sort_keys=True)); os.replace(tmp, f)
+    atomic_write_text(f, json.dumps(config, indent=1, sort_keys=True))
 
 # %% ../../nbs/reproduce/91_kit.ipynb #0599c705
 @dataclass
@@ -254,6 +254,4 @@ def write_record(run: Run, # the run (paper, cfg, setup)
            'versions': _versions(), 'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
     rec = json.loads(json.dumps(rec, default=float, allow_nan=True))
     check_record(rec)
-    f = Path(run.out) / 'metrics.json'; tmp = f.with_suffix('.tmp')
-    tmp.write_text(json.dumps(rec, indent=1)); os.replace(tmp, f)
-    return f
+    return atomic_write_text(Path(run.out) / 'metrics.json', json.dumps(rec, indent=1))

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from ..core import CXRDataError, Registry, seed_everything
+from ..core import CXRDataError, Registry, atomic_write_text, seed_everything
 from ..metrics.classification import macro_auroc
 
 # %% auto #0
@@ -68,10 +68,6 @@ def atomic_save(obj, path: str | Path) -> None:
     "`torch.save` to a temporary file, then `os.replace`: a kill mid-write leaves the old file intact."
     path = Path(path); tmp = path.with_name(path.name + '.tmp')
     torch.save(obj, tmp); os.replace(tmp, path)
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    "Write `text` to `path` through a temporary file and `os.replace`."
-    tmp = path.with_name(path.name + '.tmp'); tmp.write_text(text); os.replace(tmp, path)
 
 # %% ../../nbs/train/50_learner.ipynb #87fbbcdc
 def _loader_generators(dl) -> list[torch.Generator]:
@@ -368,8 +364,8 @@ class Learner:
         self.stopped_early = self.patience is not None and self.bad_epochs >= self.patience
         atomic_save(self.state_dict(), self.out_dir / 'last.pt')
         df = self.history_df
-        _atomic_write_text(df.to_csv(index=False), self.out_dir / 'history.csv')
-        _atomic_write_text(df.to_json(orient='records', indent=1), self.out_dir / 'history.json')
+        atomic_write_text(self.out_dir / 'history.csv', df.to_csv(index=False))
+        atomic_write_text(self.out_dir / 'history.json', df.to_json(orient='records', indent=1))
 
     def fit(self, epochs: int, resume: bool = False) -> pd.DataFrame:
         "Train up to epoch `epochs` (continuing from `out_dir/last.pt` if `resume`), then load the best weights."
