@@ -50,3 +50,19 @@ def test_mask_dice_matches_hand_count():
     a = np.zeros((1, 4, 4), np.uint8); a[0, :2] = 1
     b = np.zeros((1, 4, 4), np.uint8); b[0, 1:3] = 1
     assert mask_dice(a, b)[0] == pytest.approx(2 * 4 / 16)
+
+
+def test_segmenters_by_name_and_their_identity(tmp_path):
+    "The registry's names, the U-Net segmenter = segment_lungs with the shipped net, and an identity that follows the weights file."
+    from cxr_notebooks.models.lungseg import SEGMENTERS, lung_segmenter
+    assert SEGMENTERS.names() == ['unet', 'xrv']
+    seg = lung_segmenter()
+    img = (np.random.default_rng(1).random((2, 70, 90)) * 255).astype(np.uint8)
+    assert np.array_equal(seg(img), segment_lungs(load_lung_unet(), img))
+    assert seg.identity.startswith('unet:128px:') and lung_segmenter('UNet').identity == seg.identity
+    ck = torch.load(seg.weights, weights_only=True)
+    ck['info'] = {**ck['info'], 'note': 'retrained'}                    # same network, another weights file
+    torch.save(ck, tmp_path / 'other.pt')
+    other = lung_segmenter('unet', weights=tmp_path / 'other.pt')
+    assert other.identity != seg.identity and np.array_equal(other(img), seg(img))
+    with pytest.raises(ValueError, match='known: unet, xrv'): lung_segmenter('sam')

@@ -77,6 +77,58 @@ def test_lung_boxes_are_cached_and_recomputed_when_the_file_changes(tmp_path):
     assert f.stat().st_mtime_ns != stamp and len(pd.read_csv(f)) == 4
 
 
+class Centre:
+    "A stand-in segmenter: the same central lung square (a quarter of the side in from each edge) in every image."
+    identity = 'centre-square:v1'
+    def __call__(self, images):
+        m = np.zeros_like(images); s = images.shape[-1] // 4; m[:, s:-s, s:-s] = 1; return m
+
+
+def _unmasked_phantoms(tmp_path, n=3):
+    table, _ = write_phantom_folder(tmp_path / 'ph', n, size=48, classes=('Effusion',), prevalence=1.0, multi_label=False)
+    return table.drop(columns='mask_path')
+
+
+def test_switching_segmenter_recomputes_the_boxes_and_keeps_both(tmp_path):
+    "Defect: the lung-box cache was keyed by the image only, so boxes cached with the U-Net came back for another segmenter."
+    table, cache = _unmasked_phantoms(tmp_path), tmp_path / 'cache'
+    unet = la.lung_boxes(table, 48, cache)                                            # the default: the shipped U-Net
+    assert unet['source'].str.startswith('unet:128px:').all()
+    other = la.lung_boxes(table, 48, cache, Centre())
+    assert other[['x0', 'y0', 'x1', 'y1']].values.tolist() == [[12, 12, 36, 36]] * 3 and other['source'].eq('centre-square:v1').all()
+    f = cache / 'lung_boxes_48px.csv'
+    stamp = f.stat().st_mtime_ns
+    assert la.lung_boxes(table, 48, cache, 'unet').equals(unet) and f.stat().st_mtime_ns == stamp   # back: the U-Net's, from the cache
+    assert la.lung_boxes(table, 48, cache, Centre()).equals(other) and f.stat().st_mtime_ns == stamp
+    assert len(pd.read_csv(f)) == 6
+    t = la.with_prior_masks(table.assign(**{'No Finding': 0.0}), la.TASKS['effusion'], 48, cache, Centre())
+    assert t['lung_box'].tolist() == [(12, 12, 36, 36)] * 3
+
+
+def test_a_cache_without_segmenter_identities_is_recomputed(tmp_path):
+    "A lung-box file written before boxes carried their segmenter says nothing about which one drew them: not reused."
+    table, cache = _unmasked_phantoms(tmp_path), tmp_path / 'cache'
+    cache.mkdir()
+    st = [os.stat(p) for p in table['path']]
+    pd.DataFrame({'path': [os.path.abspath(p) for p in table['path']], 'mtime_ns': [s.st_mtime_ns for s in st],
+                  'bytes': [s.st_size for s in st], 'x0': 1, 'y0': 1, 'x1': 2, 'y1': 2, 'source': 'unet'}).to_csv(cache / 'lung_boxes_48px.csv', index=False)
+    b = la.lung_boxes(table, 48, cache, Centre())
+    assert b[['x0', 'y0', 'x1', 'y1']].values.tolist() == [[12, 12, 36, 36]] * 3
+    assert set(pd.read_csv(cache / 'lung_boxes_48px.csv')['segmenter']) == {'centre-square:v1'}
+
+
+def test_tables_with_lung_masks_never_build_the_segmenter(tmp_path, monkeypatch):
+    "The phantoms carry their lung masks: segmenter='xrv' needs no torchxrayvision weights there; without masks it stops at once."
+    from cxr_notebooks.models import xrv as X
+    from cxr_notebooks.models.backbones import PretrainedWeightsUnavailable
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))                              # an empty torchxrayvision cache
+    monkeypatch.setattr(X, '_host_reachable', lambda url, timeout=3.0: False)        # offline, whatever this machine's network
+    table, _ = write_phantom_folder(tmp_path / 'ph', 2, size=48, classes=('Effusion',), prevalence=1.0, multi_label=False)
+    assert la.lung_boxes(table, 48, tmp_path / 'cache', 'xrv')['source'].eq('mask').all()
+    with pytest.raises(PretrainedWeightsUnavailable, match='chestx_det.PSPNet'):
+        la.lung_boxes(table.drop(columns='mask_path'), 48, tmp_path / 'cache', 'xrv')
+
+
 def test_empty_lung_mask_falls_back_to_the_whole_image(tmp_path):
     table, _ = write_phantom_folder(tmp_path / 'ph', 1, size=48, classes=('Effusion',), prevalence=1.0, multi_label=False)
     import cv2

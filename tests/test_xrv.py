@@ -141,3 +141,77 @@ def test_cams_through_the_wrapper(xrv):
     model = X.xrv_classifier(None).eval()
     cams = compute_cam(model, torch.randn(2, 3, 48, 64), [2, 4], target_layer=model.xrv_model.features.norm5)
     assert cams.shape == (2, 48, 64) and cams.min() >= 0 and cams.max() <= 1 and cams.max() > 0.5
+
+
+# --- the anatomical segmenter: torchxrayvision's ChestX-Det PSPNet as a lung segmenter --------------------------
+class _Anatomy(torch.nn.Module):
+    "A stand-in for the PSPNet: left lung in the left third, right lung in the right third, heart everywhere."
+    targets = ['Left Clavicle', 'Right Clavicle', 'Left Scapula', 'Right Scapula', 'Left Lung', 'Right Lung', 'Left Hilus Pulmonis',
+               'Right Hilus Pulmonis', 'Heart', 'Aorta', 'Facies Diaphragmatica', 'Mediastinum', 'Weasand', 'Spine']
+    def forward(self, x):
+        self.seen = (float(x.min()), float(x.max()))
+        y = torch.full((len(x), 14, *x.shape[-2:]), -5.0); w = x.shape[-1] // 3
+        y[:, 4, :, :w] = 5; y[:, 5, :, 2 * w:] = 5; y[:, 8] = 5
+        return y
+
+
+def test_lung_net_is_the_union_of_left_and_right_lung(xrv):
+    assert _Anatomy.targets == xrv.baseline_models.chestx_det.PSPNet.targets
+    net = X.XRVLungNet(_Anatomy())
+    lungs = net(torch.linspace(-1, 1, 900).view(1, 1, 30, 30)) > 0
+    assert lungs.shape == (1, 1, 30, 30) and lungs[..., :10].all() and lungs[..., 20:].all() and not lungs[..., 10:20].any()
+    assert net.pspnet.seen == (-1024.0, 1024.0)                       # [-1, 1] in, torchxrayvision's range passed on
+
+
+def test_pspnet_url_and_cache_file_are_torchxrayvision_s(xrv, tmp_path, monkeypatch):
+    import inspect
+    assert X.XRV_PSPNET_URL in inspect.getsource(xrv.baseline_models.chestx_det.PSPNet.__init__)
+    monkeypatch.setenv('HOME', str(tmp_path))
+    assert X.xrv_pspnet_file() == tmp_path / '.torchxrayvision' / 'models_data' / 'pspnet_chestxray_best_model_4.pth'
+    assert X.xrv_pspnet_file(tmp_path / 'w') == tmp_path / 'w' / 'pspnet_chestxray_best_model_4.pth'
+
+
+def test_xrv_segmenter_offline_fails_loudly_and_fast(xrv, tmp_path, monkeypatch):
+    from cxr_notebooks.models.lungseg import lung_segmenter
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.setattr(X, '_host_reachable', lambda url, timeout=3.0: False)
+    t = time.perf_counter()
+    with pytest.raises(PretrainedWeightsUnavailable) as e: lung_segmenter('xrv')
+    assert time.perf_counter() - t < 2
+    file = tmp_path / '.torchxrayvision' / 'models_data' / 'pspnet_chestxray_best_model_4.pth'
+    msg = str(e.value)
+    assert 'chestx_det.PSPNet' in msg and X.XRV_PSPNET_URL in msg and str(file) in msg and 'copy it to' in msg and 'cache_dir=' in msg
+    assert not file.parent.exists()                                    # nothing was attempted
+    monkeypatch.setattr(X, '_host_reachable', lambda url, timeout=3.0: pytest.fail('HF_HUB_OFFLINE: no socket'))
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    with pytest.raises(PretrainedWeightsUnavailable, match='HF_HUB_OFFLINE is set'): lung_segmenter('xrv', cache_dir=tmp_path / 'none')
+
+
+def test_bad_pspnet_weights_file_fails_loudly(xrv, tmp_path):
+    X.xrv_pspnet_file(tmp_path).write_bytes(b'not a checkpoint')
+    with pytest.raises(PretrainedWeightsUnavailable, match=r"could not be loaded from .*pspnet_chestxray_best_model_4.pth"):
+        X.xrv_lung_net(tmp_path)
+
+
+@pytest.mark.slow
+def test_xrv_segmenter_loads_the_pspnet_from_its_cache_and_combines_the_lungs(xrv, tmp_path, monkeypatch):
+    "The success path without internet: the real PSPNet architecture, random weights saved as torchxrayvision's DataParallel file in a tmp HOME."
+    from cxr_notebooks.models.lungseg import lung_segmenter
+    from torchxrayvision.baseline_models.chestx_det.ptsemseg.pspnet import pspnet
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.setattr(X, '_host_reachable', lambda url, timeout=3.0: pytest.fail('the file is there: no socket'))
+    monkeypatch.setattr(xrv.utils, 'download', lambda *a: pytest.fail('the file is there: no download'))
+    torch.manual_seed(0)
+    net = pspnet(14)
+    torch.nn.init.zeros_(net.classification.weight)                   # each map = its bias: the lung channels are ours to set
+    file = X.xrv_pspnet_file(); file.parent.mkdir(parents=True)
+    torch.save({f'module.{k}': v for k, v in net.state_dict().items()}, file)
+    seg = lung_segmenter('xrv', device='cpu')
+    assert seg.size == 512 and seg.identity.startswith('xrv:512px:') and seg.identity.endswith(f'torchxrayvision-{xrv.__version__}')
+    img = (np.random.default_rng(0).random((1, 150, 130)) * 255).astype(np.uint8)
+    bias = seg.net.pspnet.model.classification.bias
+    targets = xrv.baseline_models.chestx_det.PSPNet.targets
+    for lit, expected in ((['Left Lung'], 1), (['Right Lung'], 1), (['Heart', 'Spine'], 0)):
+        with torch.no_grad(): bias.fill_(-4.0); bias[[targets.index(t) for t in lit]] = 4.0
+        m = seg(img)
+        assert m.shape == (1, 150, 130) and m.dtype == np.uint8 and (m == expected).all(), lit

@@ -21,7 +21,7 @@ from ..data.splits import check_patient_disjoint
 from ..explain.gradcam import grad_cam
 from ..losses.attention import AttentionLoss, cam_mass_in_prior, in_prior_fraction, parse_lambda
 from ..metrics.classification import bootstrap_ci, confusion_metrics, youden_threshold
-from ..models.lungseg import load_lung_unet, lung_box, segment_lungs
+from ..models.lungseg import LungSegmenter, lung_box, lung_segmenter
 from ..train.learner import predict
 from ..train.stages import Stage, StagesResult, stage_dataset, train_stages
 
@@ -94,22 +94,20 @@ def prior_region(box: Sequence[int], # (x0, y0, x1, y1) lung box, exclusive max,
 
 # %% ../../nbs/methods/81_lung_attention.ipynb #fcbe9352
 _BOX_COLS = ['x0', 'y0', 'x1', 'y1']
+_KEY_COLS = ['path', 'mtime_ns', 'bytes', 'segmenter']
 
 def _file_key(path: str) -> tuple[str, int, int]:
     "(absolute path, mtime_ns, bytes): what makes a cached box stale."
     st = os.stat(path)
     return os.path.abspath(path), st.st_mtime_ns, st.st_size
 
-def _boxes_of(table: pd.DataFrame, size: int, net: nn.Module | None, chunk: int = 256) -> pd.DataFrame:
-    "Boxes (x0, y0, x1, y1, source) of `table`'s images at `size`, from `mask_path` or the lung U-Net."
+def _boxes_of(table: pd.DataFrame, size: int, segmenter: LungSegmenter | None, chunk: int = 256) -> pd.DataFrame:
+    "Boxes (x0, y0, x1, y1, source) of `table`'s images at `size`, from `mask_path` (no `segmenter`) or `segmenter`."
     rows = []
     for k in range(0, len(table), chunk):
         part = table.iloc[k:k + chunk]
-        if 'mask_path' in part.columns:
-            masks, source = [(read_image(p, size) > 127).astype(np.uint8) for p in part['mask_path']], 'mask'
-        else:
-            net = net if net is not None else load_lung_unet()
-            masks, source = segment_lungs(net, np.stack([read_image(p, size) for p in part['path']])), 'unet'
+        if segmenter is None: masks, source = [(read_image(p, size) > 127).astype(np.uint8) for p in part['mask_path']], 'mask'
+        else: masks, source = segmenter(np.stack([read_image(p, size) for p in part['path']])), segmenter.identity
         for m in masks:
             try: rows.append((*lung_box(m), source))
             except CXRDataError: rows.append((0, 0, size, size, 'fallback: empty lung mask, whole image'))
@@ -118,20 +116,25 @@ def _boxes_of(table: pd.DataFrame, size: int, net: nn.Module | None, chunk: int 
 def lung_boxes(table: pd.DataFrame, # image table with `path` (and optional `mask_path` lung masks)
                size: int, # model input side: boxes are in these pixels
                cache_dir: str | Path, # where `lung_boxes_<size>px.csv` lives
-               net: nn.Module | None = None, # the lung U-Net (default: the shipped one, loaded when needed)
+               segmenter: str | LungSegmenter = 'unet', # for tables without lung masks: a `models.lungseg.SEGMENTERS` name or a segmenter
               ) -> pd.DataFrame:
     "One lung box per image of `table` (index aligned): x0, y0, x1, y1 (exclusive) at `size` px, and its source."
     if len(table) == 0: return pd.DataFrame(columns=[*_BOX_COLS, 'source'])
+    if 'mask_path' in table.columns: segmenter, by = None, 'mask'
+    else:
+        segmenter = lung_segmenter(segmenter) if isinstance(segmenter, str) else segmenter
+        by = segmenter.identity
     cache_dir = Path(cache_dir); cache_dir.mkdir(parents=True, exist_ok=True)
     f = cache_dir / f'lung_boxes_{size}px.csv'
-    keys = pd.DataFrame([_file_key(p) for p in table['path']], columns=['path', 'mtime_ns', 'bytes'], index=table.index)
+    keys = pd.DataFrame([(*_file_key(p), by) for p in table['path']], columns=_KEY_COLS, index=table.index)
     with FileLock(str(f) + '.lock'):
-        old = pd.read_csv(f) if f.is_file() else pd.DataFrame(columns=['path', 'mtime_ns', 'bytes', *_BOX_COLS, 'source'])
-        hit = keys.merge(old.drop_duplicates('path', keep='last'), on=['path', 'mtime_ns', 'bytes'], how='left').set_index(keys.index)
+        old = pd.read_csv(f) if f.is_file() else pd.DataFrame(columns=[*_KEY_COLS, *_BOX_COLS, 'source'])
+        old = old.reindex(columns=[*_KEY_COLS, *_BOX_COLS, 'source']).dropna(subset=['segmenter']).astype({'segmenter': str})  # no identity: stale
+        hit = keys.merge(old.drop_duplicates(['path', 'segmenter'], keep='last'), on=_KEY_COLS, how='left').set_index(keys.index)
         todo = hit['x0'].isna()
         if todo.any():
-            hit.loc[todo, [*_BOX_COLS, 'source']] = _boxes_of(table[todo], size, net)
-            new = pd.concat([old[~old['path'].isin(keys['path'][todo])], hit[todo]], ignore_index=True)
+            hit.loc[todo, [*_BOX_COLS, 'source']] = _boxes_of(table[todo], size, segmenter)
+            new = pd.concat([old[~(old['path'].isin(keys['path'][todo]) & (old['segmenter'] == by))], hit[todo]], ignore_index=True)
             tmp = f.with_suffix(f'.tmp-{os.getpid()}'); new.to_csv(tmp, index=False); os.replace(tmp, f)
     return hit[[*_BOX_COLS, 'source']].astype({**{c: int for c in _BOX_COLS}, 'source': str})
 
@@ -146,10 +149,10 @@ def with_prior_masks(table: pd.DataFrame, # image table with `image`, `path` and
                      classes: Sequence[str], # task classes, No Finding first
                      size: int, # model input side
                      cache_dir: str | Path, # lung boxes and prior PNGs go here
-                     net: nn.Module | None = None, # lung U-Net for tables without lung masks
+                     segmenter: str | LungSegmenter = 'unet', # for tables without lung masks: a segmenter or its name
                     ) -> pd.DataFrame:
     "`table` with `mask_path` = a PNG of each image's prior region at `size` px, plus its lung box and finding."
-    boxes, finding = lung_boxes(table, size, cache_dir, net), image_finding(table, classes)
+    boxes, finding = lung_boxes(table, size, cache_dir, segmenter), image_finding(table, classes)
     folder = Path(cache_dir) / f'priors_{size}px'; folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for (i, b), f, name in zip(boxes.iterrows(), finding, table['image'].astype(str)):
