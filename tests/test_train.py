@@ -500,3 +500,15 @@ def test_step_sees_the_epoch_also_after_resume(tmp_path):
     make(tmp_path, step=step).fit(2)
     make(tmp_path, step=step).fit(3, resume=True)
     assert sorted(set(seen)) == [1, 2, 3] and seen[-1] == 3 and seen.count(3) == seen.count(1)
+
+
+def test_loss_module_moves_to_the_learners_device(tmp_path):
+    "A loss with buffers (seed 002/004's class weights) is moved to the learner's device, as the model is (reported from seed 004)."
+    from cxr_notebooks.losses.classification import WeightedBCELoss
+    class Spy(WeightedBCELoss):
+        def to(self, *args, **kw):
+            self.moved_to = args
+            return super().to(*args, **kw)
+    learn = make(tmp_path, loss=Spy(w_pos=torch.tensor([2., 3.]), w_neg=torch.ones(2)), device='cpu')
+    assert learn.loss_fn.moved_to == (learn.device,)
+    assert learn.fit(1)['train_loss'].notna().all()

@@ -236,7 +236,8 @@ class Learner:
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         self.channels_last = channels_last
         self.model = model.to(self.device, memory_format=torch.channels_last) if channels_last else model.to(self.device)
-        self.train_dl, self.valid_dl, self.loss_fn, self.optimizer, self.step = train_dl, valid_dl, loss_fn, optimizer, step
+        self.train_dl, self.valid_dl, self.optimizer, self.step = train_dl, valid_dl, optimizer, step
+        self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, nn.Module) else loss_fn  # class weights live in buffers
         (self.metric_name, self.metric_fn), self.mode = metric, mode  # metric_fn None: the validation loss
         self.out_dir, self.activation, self.seed, self.progress = Path(out_dir), activation, seed, progress
         self.grad_accum_steps, self.clip_grad_norm, self.patience = grad_accum_steps, clip_grad_norm, early_stopping_patience
