@@ -56,3 +56,15 @@ def browse(chromium: str, page, tmp_path, *args) -> subprocess.CompletedProcess:
 def console_errors(stderr: str) -> list[str]:
     "Chromium's log lines about script errors or console errors."
     return [l for l in stderr.splitlines() if 'Uncaught' in l or ':CONSOLE' in l]
+
+
+# ---- seed 001 HAM on CheXpert (tests/test_ham_data.py, tests/test_repro_ham_chexpert.py) ------------------------
+
+@pytest.fixture(scope='session')
+def chexpert_stand_in(tmp_path_factory):
+    """A FABRICATED CheXpert-v1.0-small folder (`data.ham.write_chexpert_stand_in`): 24 + 8 phantoms at real train/valid
+    paths of the radiologist's box file, 30 + 6 unboxed ones of made-up patients, made-up CSV rows (labels from the boxes,
+    some -1.0), stored at a 40 px short side, and `original_sizes.csv`. No CheXpert image or CSV row is real.
+    Returns the folder holding `CheXpert-v1.0-small/` and `original_sizes.csv`."""
+    from cxr_notebooks.data.ham import write_chexpert_stand_in
+    return write_chexpert_stand_in(tmp_path_factory.mktemp('chexpert') / 'data')

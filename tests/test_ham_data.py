@@ -113,3 +113,56 @@ def test_patient_level_folds_keep_the_proportions(names_table):
     unann = sum((~t.image.isin(boxed)).sum() for t in (loc['train'], loc['val']))
     assert 0.49 < unann / 111240 < 0.52
     with pytest.raises(ValueError, match='k=5'): patient_ham_folds(names_table, boxed, k=4)
+
+
+# ---- CheXpert for Tables VIII-X, on the fabricated stand-in folder (conftest.chexpert_stand_in) -------------------
+
+def test_load_chexpert_reads_both_csvs_with_u_ones_and_scales_boxes(chexpert_stand_in):
+    from cxr_notebooks.data.ham import CHEXPERT_BOX_LABELS, image_sizes, load_chexpert
+    import csv
+    d = load_chexpert(chexpert_stand_in, original_sizes=chexpert_stand_in / 'original_sizes.csv')
+    assert (len(d.train), len(d.valid)) == (54, 14) and d.labels == ['Atelectasis', 'Cardiomegaly', 'Consolidation', 'Edema', 'Pleural Effusion']
+    rows = list(csv.DictReader(open(chexpert_stand_in / 'CheXpert-v1.0-small' / 'train.csv')))
+    uncertain = [r['Path'].split('/', 1)[1] for r in rows if r['Edema'] == '-1.0']
+    assert uncertain and (d.train.set_index('image').loc[uncertain, 'Edema'] == 1).all()                    # U-Ones
+    assert (d.train['view'] == 'lateral').sum() == sum('lateral' in r['Path'] for r in rows)                  # laterals kept
+    assert d.boxes['image'].nunique() == 32 and set(d.boxes['label']) <= set(CHEXPERT_BOX_LABELS)
+    sizes = {**image_sizes(d.train), **image_sizes(d.valid)}
+    orig = pd.read_csv(chexpert_stand_in / 'original_sizes.csv').set_index('image')
+    b = d.boxes.iloc[0]; raw = read_chexpert_box_json()
+    r0 = raw[(raw.image == b.image) & (raw.label == b.label)].iloc[0]
+    assert b.x_max == pytest.approx(r0.x_max * sizes[b.image][0] / orig.loc[b.image, 'width'])                # original -> stored pixels
+    assert (d.boxes.x_max <= 1.01 * d.boxes.image.map(lambda i: sizes[i][0])).all()
+
+
+def test_load_chexpert_fails_loudly_naming_the_path(chexpert_stand_in, tmp_path):
+    "Missing data_root, folder, CSV, images or original sizes: a ValueError/CXRDataError naming the path and what was expected."
+    import shutil
+    from cxr_notebooks.data.ham import load_chexpert
+    with pytest.raises(ValueError, match='needs data_root'): load_chexpert(None)
+    with pytest.raises(CXRDataError, match="not a folder; expected the CheXpert download"): load_chexpert(tmp_path / 'nowhere')
+    with pytest.raises(CXRDataError, match=r"no train\.csv; expected CheXpert's train\.csv at one of"): load_chexpert(tmp_path)
+    with pytest.raises(CXRDataError, match='original_sizes'): load_chexpert(chexpert_stand_in)   # small files, original-pixel boxes
+    copy = shutil.copytree(chexpert_stand_in, tmp_path / 'copy')
+    gone = next((copy / 'CheXpert-v1.0-small' / 'valid').rglob('*.jpg'))
+    gone.unlink()
+    with pytest.raises(CXRDataError, match=r"valid\.csv: 1 of 14 image files not found") as e:
+        load_chexpert(copy, original_sizes=copy / 'original_sizes.csv')
+    assert str(gone) in str(e.value)
+    shutil.copy(chexpert_stand_in / gone.relative_to(copy), gone)
+    pd.read_csv(copy / 'original_sizes.csv').iloc[1:].to_csv(copy / 'original_sizes.csv', index=False)
+    with pytest.raises(CXRDataError, match='original_sizes: no size for 1 boxed image'):
+        load_chexpert(copy, original_sizes=copy / 'original_sizes.csv')
+
+
+def test_chexpert_localization_parts_hold_out_boxed_patients(chexpert_stand_in):
+    from cxr_notebooks.data.ham import CHEXPERT_BOX_LABELS, CHEXPERT_BOXED_TRAIN_SHARE, chexpert_localization_parts, load_chexpert
+    d = load_chexpert(chexpert_stand_in, list(CHEXPERT_BOX_LABELS), original_sizes=chexpert_stand_in / 'original_sizes.csv')
+    boxed = set(d.boxes['image'])
+    p = chexpert_localization_parts(d.train, d.valid, boxed, seed=0)
+    check_patient_disjoint(p)
+    assert p['test']['image'].isin(boxed).all() and p['test']['image'].str.startswith('valid/').sum() == 8
+    n_train_boxed = sum(int(p[k]['image'].isin(boxed).sum()) for k in ('train', 'val'))
+    assert CHEXPERT_BOXED_TRAIN_SHARE * 24 <= n_train_boxed < 24 / 2 and n_train_boxed + len(p['test']) - 8 == 24
+    assert len(p['train']) + len(p['val']) >= 30   # the unboxed training patients stay
+    assert CHEXPERT_BOXED_TRAIN_SHARE == pytest.approx(457 / 2197)

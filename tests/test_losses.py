@@ -9,7 +9,8 @@ import torchvision
 from cxr_notebooks.core import CXRDataError
 from cxr_notebooks.data.labels import NIH_LABELS
 from cxr_notebooks.losses.classification import (SEED002_BETA, SEED002_BETAS, LOSSES, WeightedBCELoss, WeightedFocalLoss,
-                                  class_balanced_weights, create_loss, effective_number_alpha, label_counts, wang_weights)
+                                  class_balanced_weights, create_loss, effective_number_alpha, label_counts, wang_weights,
+                                  inverse_frequency_pos_weight)
 
 # seed 002 Table 3 (whole-dataset counts, NIH_LABELS order)
 TABLE3 = [11559, 2776, 13317, 19894, 5782, 6331, 1431, 5302, 4667, 2303, 2516, 1686, 3385, 227]
@@ -24,7 +25,7 @@ def xy():
 
 def test_pinned_constants():
     assert SEED002_BETAS == pytest.approx((0.999998, 0.99998, 0.9998, 0.9993, 0.998), abs=1e-15)
-    assert SEED002_BETA == 0.9998 and LOSSES.names() == ['bce', 'wbce', 'cb-bce', 'focal', 'wfocal']
+    assert SEED002_BETA == 0.9998 and LOSSES.names() == ['bce', 'wbce', 'cb-bce', 'focal', 'wfocal', 'pos-bce']
 
 
 def test_wang_weights_eq1():
@@ -160,7 +161,7 @@ def test_create_loss_names_and_types():
     wf = create_loss('wfocal', TABLE3, beta=0.998, clip_negative=True, alpha=0.25, gamma=2.0)
     assert wf.alpha == 0.25 and wf.gamma == 2.0 and (wf.w_neg >= 0).all()
     assert isinstance(create_loss('BCE'), WeightedBCELoss) and isinstance(create_loss('CB_BCE', TABLE3), WeightedBCELoss)  # case, '-', '_' ignored
-    with pytest.raises(ValueError, match="unknown loss 'ce'; known: bce, wbce, cb-bce, focal, wfocal") as e:
+    with pytest.raises(ValueError, match="unknown loss 'ce'; known: bce, wbce, cb-bce, focal, wfocal, pos-bce") as e:
         create_loss('ce')
     assert type(e.value) is ValueError  # a bad argument, not bad data
     with pytest.raises(ValueError, match="'wfocal' needs pos_counts"):
@@ -189,3 +190,52 @@ def test_bad_inputs_to_forward(xy):
         WeightedBCELoss(1, [1, float('inf')])
     with pytest.raises(CXRDataError, match='gamma'):
         WeightedFocalLoss(gamma=-1)
+
+
+# ---- seed 004: inverse-frequency positive weights ('pos-bce') ----
+
+def _seed004_train(n: int = 3460, hernia: int = 5) -> pd.DataFrame:
+    "A training table with the report's size (N = 3,460) and its 5 Hernia positives."
+    pos = dict.fromkeys(NIH_LABELS, 100) | {'Infiltration': 550, 'Hernia': hernia}
+    return pd.DataFrame({k: (np.arange(n) < p).astype(float) for k, p in pos.items()})
+
+
+def test_inverse_frequency_pos_weight_reproduces_report_hernia_weight():
+    w = inverse_frequency_pos_weight(_seed004_train(), NIH_LABELS)
+    assert list(w.index) == list(NIH_LABELS)
+    assert round(w['Hernia'], 4) == 690.9986                    # seed 004 Sec. 4.2.1
+    assert round(inverse_frequency_pos_weight(_seed004_train(), ['Hernia'], eps=0)['Hernia'], 4) == 691.0  # (N-P)/P alone
+    assert w['Infiltration'] == pytest.approx((3460 - 550) / (550 + 1e-5))
+
+
+def test_inverse_frequency_pos_weight_counts_known_labels_only():
+    t = pd.DataFrame({'Mass': [1, 0, 0, np.nan, np.nan], 'Edema': [1, 1, 0, 0, 0]})
+    w = inverse_frequency_pos_weight(t, ['Mass', 'Edema'], eps=0)
+    assert w.tolist() == [2.0, 1.5]
+
+
+def test_inverse_frequency_pos_weight_empty_class():
+    t = _seed004_train(hernia=0)
+    with pytest.raises(CXRDataError, match="class 'Hernia' has 0 positive samples"):
+        inverse_frequency_pos_weight(t, NIH_LABELS)
+    with pytest.warns(UserWarning, match='Hernia'):
+        w = inverse_frequency_pos_weight(t, NIH_LABELS, on_empty='warn')
+    assert w['Hernia'] == pytest.approx(3460 / 1e-5)           # the report's formula, finite thanks to eps
+    with pytest.raises(ValueError, match='on_empty'):
+        inverse_frequency_pos_weight(t, NIH_LABELS, on_empty='skip')
+
+
+def test_pos_bce_is_torch_bce_with_pos_weight(xy):
+    x, y = xy
+    t = _seed004_train()
+    c = label_counts(t)
+    fn = create_loss('pos-bce', c.pos, c.n)
+    pw = torch.tensor(inverse_frequency_pos_weight(t).to_numpy(), dtype=torch.float32)
+    ref = torch.nn.BCEWithLogitsLoss(pos_weight=pw)(x, y)
+    assert isinstance(fn, WeightedBCELoss) and torch.allclose(fn(x, y), ref, rtol=1e-6)
+    assert torch.equal(fn.w_neg, torch.ones(1))
+    m = torch.ones_like(y); m[:, 0] = 0                          # label_mask: class 0 ignored
+    ref_m = F.binary_cross_entropy_with_logits(x[:, 1:], y[:, 1:], pos_weight=pw[1:])
+    assert torch.allclose(fn(x, y, m), ref_m, rtol=1e-6)
+    with pytest.raises(ValueError, match="'pos-bce' needs pos_counts"):
+        create_loss('pos-bce')

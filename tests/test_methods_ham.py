@@ -97,3 +97,27 @@ def test_train_ham_with_boxes_records_terms_and_resumes(tmp_path):
     assert pred.filter(like='p_').to_numpy().min() >= 0 and len(pred) == 8
     again = train_ham(parts, ['Cardiomegaly', 'Effusion'], tmp_path / 'run', 'HAM', boxes, helper=list(parts['train'].image[:8]), **kw)
     assert len(again.history) == 1                                               # resumed: nothing retrained
+
+
+def test_paper_columns_for_table2_and_chexpert_tables():
+    "Table II for the classification folds; Table VIII, IX-X (Ours / Ours_extra / RN50 / DRN50) for CheXpert; every column has paper numbers."
+    cols = {(n, b, s, d): paper_columns('full', s, n, b, d) for n in ('HAM', 'RN50-32-GAP', 'RN50-8-LSE') for b in (False, True)
+            for s, d in (('patient_classification', 'nih'), ('cv_classification', 'nih'), ('official', 'chexpert'), ('chexpert_localization', 'chexpert'))}
+    assert [(c.table, c.setting) for c in cols[('HAM', True, 'cv_classification', 'nih')]] == [('Table II', 'Ours')]
+    assert 'patient-level' in cols[('HAM', True, 'patient_classification', 'nih')][0].note
+    assert [c.setting for c in cols[('HAM', False, 'official', 'chexpert')]] == ['Ours-RN50'] and cols[('RN50-8-LSE', False, 'official', 'chexpert')] == []
+    loc = {k[:2]: {c.setting for c in v} for k, v in cols.items() if k[2] == 'chexpert_localization'}
+    assert loc == {('HAM', False): {'Ours'}, ('HAM', True): {'Ours_extra'}, ('RN50-32-GAP', False): {'RN50'}, ('RN50-8-LSE', False): {'DRN50'},
+                   ('RN50-32-GAP', True): set(), ('RN50-8-LSE', True): set()}
+    assert sorted(c.metric for c in cols[('HAM', True, 'chexpert_localization', 'chexpert')]) == [
+        'loc_ior_0.1', 'loc_ior_0.5', 'loc_ior_0.75', 'loc_iou_0.1', 'loc_iou_0.3', 'loc_iou_0.5']
+    for c in (c for v in cols.values() for c in v):
+        assert reference_values('001', c.table, c.setting, c.metric, c.split).notna().all()
+    with pytest.raises(ValueError, match='dataset'): paper_columns('full', 'official', 'HAM', False, 'mimic')
+
+
+def test_fold_summary_is_table2s_mean_and_std():
+    from cxr_notebooks.methods.ham import fold_summary
+    fs = fold_summary({f'fold{k}': pd.DataFrame({'label': ['Mass', 'Nodule'], 'auc': [0.7 + 0.1 * k, 0.6]}) for k in range(3)}).set_index('label')
+    assert fs.loc['Mass', 'mean'] == pytest.approx(0.8) and fs.loc['Mass', 'std'] == pytest.approx(0.1)   # ddof 1
+    assert fs.loc['Average', 'mean'] == pytest.approx(0.7) and fs.loc['Average', 'std'] == pytest.approx(0.05) and fs['folds'].eq(3).all()

@@ -4,15 +4,15 @@
 
 # %% ../../nbs/data/17_cache.ipynb #5bb0acbc
 from __future__ import annotations
-import json, os, uuid
+import hashlib, json, os, uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 import numpy as np
 from filelock import FileLock
 from tqdm.auto import tqdm
 from ..core import CXRDataError
-from .datasets import _area_resize, _decode, usable_cpus
+from .datasets import _decode, _preprocessed, usable_cpus
 
 # %% auto #0
 __all__ = ['ImageCache']
@@ -24,11 +24,22 @@ def _file_key(path: str) -> list:
     except OSError: raise CXRDataError(f"{path}: image file not found") from None
     return [path, st.st_mtime_ns, st.st_size]
 
-def _decode_resized(path: str, size: int) -> tuple[list, np.ndarray]:
-    "The index entry [path, mtime_ns, bytes, h, w] (stat taken first) and `read_image(path, size)`."
+def _decode_resized(path: str, size: int, preprocess: Callable | None = None) -> tuple[list, np.ndarray]:
+    "The index entry [path, mtime_ns, bytes, h, w] (stat taken first) and `read_image(path, size, preprocess)`."
     key = _file_key(path)
     img = _decode(path)
-    return key + list(img.shape), _area_resize(img, size)
+    return key + list(img.shape), _preprocessed(img, size, preprocess, path)
+
+def _preprocess_key(preprocess: Callable | None, size: int) -> str | None:
+    "The `key` string of a preprocess callable (None for none); `ValueError` without one or at another size."
+    if preprocess is None: return None
+    key = getattr(preprocess, 'key', None)
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"preprocess {preprocess!r} has no `key` string naming its steps and parameters (e.g. a "
+                         f"data.preprocess.PreprocessChain); the cache needs it to tell its pixels apart")
+    if getattr(preprocess, 'size', size) != size:
+        raise ValueError(f"preprocess {key!r} makes images of size {preprocess.size} but the cache size is {size}")
+    return key
 
 # %% ../../nbs/data/17_cache.ipynb #fb142018
 class ImageCache:
@@ -39,7 +50,7 @@ class ImageCache:
             try: meta = json.loads(self.index_path.read_text())
             except (OSError, ValueError) as e: raise CXRDataError(f"{self.index_path}: no readable cache index ({e})") from None
             self.size, self.data_path = int(meta['size']), self.index_path.parent / meta['data']
-            self.entries = meta['entries']
+            self.entries, self.preprocess_key = meta['entries'], meta.get('preprocess')
             self._data = None
             try: self.data; break   # map the pixel file now: a later rebuild's unlink cannot take it away
             except CXRDataError:
@@ -47,15 +58,19 @@ class ImageCache:
         self._pos = {e[0]: i for i, e in enumerate(self.entries)}
 
     @staticmethod
-    def index_file(cache_dir: str | os.PathLike, size: int, name: str = 'images') -> Path:
-        "Where the index of the `name` cache at `size` px lives."
-        return Path(cache_dir) / f'{name}_{size}px.json'
+    def index_file(cache_dir: str | os.PathLike, size: int, name: str = 'images', preprocess_key: str | None = None) -> Path:
+        "Where the index of the `name` cache at `size` px lives (one file per preprocess `key`, by its SHA-1)."
+        digest = f"_{hashlib.sha1(preprocess_key.encode()).hexdigest()[:12]}" if preprocess_key else ''
+        return Path(cache_dir) / f'{name}_{size}px{digest}.json'
 
     @classmethod
     def open(cls, cache_dir: str | os.PathLike, size: int, paths: Sequence[str | os.PathLike] | None = None,
-             name: str = 'images') -> ImageCache:
-        "The existing cache at `size` px; `CXRDataError` if absent, or stale for `paths` when given."
-        c = cls(cls.index_file(cache_dir, size, name))
+             name: str = 'images', preprocess: Callable | None = None) -> ImageCache:
+        "The existing cache at `size` px (of `preprocess`); `CXRDataError` if absent, or stale for `paths` when given."
+        key = _preprocess_key(preprocess, size)
+        c = cls(cls.index_file(cache_dir, size, name, key))
+        if c.preprocess_key != key:
+            raise CXRDataError(f"{c.index_path}: built with preprocess {c.preprocess_key!r}, not {key!r}; rebuild it")
         if paths is not None and not c.is_fresh(paths):
             raise CXRDataError(f"{c.index_path}: stale for these {len(paths)} images (list, order, mtime or size changed); rebuild it")
         return c
@@ -69,18 +84,20 @@ class ImageCache:
 
     @classmethod
     def build(cls, paths: Sequence[str | os.PathLike], size: int, cache_dir: str | os.PathLike, num_workers: int | None = None,
-              name: str = 'images', progress: bool = True, rebuild: bool = False) -> ImageCache:
-        "Decode and resize each of `paths` (repeats cached once) into the cache at `size` px, reused while fresh."
+              name: str = 'images', progress: bool = True, rebuild: bool = False, preprocess: Callable | None = None) -> ImageCache:
+        "Decode and resize (or `preprocess`) each of `paths` (repeats cached once) into the cache at `size` px, reused while fresh."
+        key = _preprocess_key(preprocess, size)
         cache_dir = Path(cache_dir); cache_dir.mkdir(parents=True, exist_ok=True)
-        index = cls.index_file(cache_dir, size, name)
+        index = cls.index_file(cache_dir, size, name, key)
+        stem = index.name.removesuffix('.json')
         with FileLock(index.with_suffix('.json.lock')):   # one builder at a time; the next one reuses its result
             if index.is_file() and not rebuild:
                 try:
                     c = cls(index)
-                    if c.size == size and c.is_fresh(paths): return c
+                    if c.size == size and c.preprocess_key == key and c.is_fresh(paths): return c
                 except CXRDataError: pass
             keys = list(dict.fromkeys(os.path.abspath(p) for p in paths))   # each file once, first-seen order
-            data_name = f'{name}_{size}px.{uuid.uuid4().hex[:12]}.npy'
+            data_name = f'{stem}.{uuid.uuid4().hex[:12]}.npy'
             data_path, tmp_index = cache_dir / data_name, index.with_suffix(f'.json.tmp-{os.getpid()}')
             workers = num_workers if num_workers is not None else usable_cpus()
             try:
@@ -88,19 +105,20 @@ class ImageCache:
                 entries = []
                 ex = ThreadPoolExecutor(max(1, workers))
                 try:
-                    it = ex.map(lambda p: _decode_resized(p, size), keys)
+                    it = ex.map(lambda p: _decode_resized(p, size, preprocess), keys)
                     for i, (entry, img) in enumerate(tqdm(it, total=len(keys), disable=not progress, desc=f'caching {size}px')):
                         arr[i] = img
                         entries.append(entry)
                 finally: ex.shutdown(wait=True, cancel_futures=True)   # on an error, don't decode the rest first
                 arr.flush(); del arr
-                tmp_index.write_text(json.dumps({'version': 1, 'size': size, 'data': data_name, 'entries': entries}))
+                meta = {'version': 1, 'size': size, 'data': data_name, 'entries': entries}
+                tmp_index.write_text(json.dumps(meta if key is None else {**meta, 'preprocess': key}))
                 os.replace(tmp_index, index)
             except BaseException:
                 for f in (data_path, tmp_index): f.unlink(missing_ok=True)
                 raise
             c = cls(index)
-            for old in cache_dir.glob(f'{name}_{size}px.*.npy'):   # pixel files of earlier builds; open readers keep their mapping
+            for old in cache_dir.glob(f'{stem}.*.npy'):   # pixel files of earlier builds; open readers keep their mapping
                 if old.name != c.data_path.name: old.unlink(missing_ok=True)
         return c
 

@@ -42,16 +42,25 @@ def _area_resize(img: np.ndarray, size: int | None) -> np.ndarray:
     if size is None or img.shape == (size, size): return img
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
 
-def read_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
-    "A uint8 HxW grayscale image from a PNG/JPEG, area-resized to `size` x `size` if given."
-    return _area_resize(_decode(path), size)
+def _preprocessed(img: np.ndarray, size: int | None, preprocess: Callable | None, source: str | os.PathLike) -> np.ndarray:
+    "`preprocess(img)` checked to be uint8 `size` x `size` (2-D if `size` is None), or the area resize when `preprocess` is None."
+    if preprocess is None: return _area_resize(img, size)
+    out = np.asarray(preprocess(img))
+    if out.dtype != np.uint8 or out.ndim != 2 or (size is not None and out.shape != (size, size)):
+        want = f'({size}, {size})' if size is not None else '(H, W)'
+        raise CXRDataError(f"{source}: preprocess {getattr(preprocess, 'key', preprocess)!r} returned {out.dtype} {out.shape}; expected uint8 {want}")
+    return out
+
+def read_image(path: str | os.PathLike, size: int | None = None, preprocess: Callable | None = None) -> np.ndarray:
+    "A uint8 HxW grayscale image from a PNG/JPEG, area-resized to `size` x `size` if given (or passed through `preprocess`, e.g. `data.preprocess`)."
+    return _preprocessed(_decode(path), size, preprocess, path)
 
 # %% ../../nbs/data/16_datasets.ipynb #d8d2a6de
 class CXRDataset(Dataset):
     "The `data.contract` sample dicts (`make_sample`) of the images of an image table, with its boxes and masks."
     def __init__(self, table: pd.DataFrame, labels: Sequence[str], transform: Callable | None = None,
                  boxes: pd.DataFrame | None = None, image_size: int | None = None, channels: int = 3,
-                 cache: Any = None, name: str = 'image table'):
+                 cache: Any = None, name: str = 'image table', preprocess: Callable | None = None):
         if not isinstance(table, pd.DataFrame): raise CXRDataError(f"{name}: expected a pandas DataFrame, got {type(table).__name__}")
         self.labels = list(labels)
         require_columns(table, ['path'], name)
@@ -73,8 +82,16 @@ class CXRDataset(Dataset):
             bad = self.table.index[self.table['mask_path'].isna()].tolist()
             if bad: raise CXRDataError(f"{name}: mask_path is empty in row(s) {bad[:10]}; give every row a lung mask or drop the column")
             self.mask_paths = self.table['mask_path'].astype(str).tolist()
-        self.image_size = image_size
+        key = getattr(preprocess, 'key', None)
+        if preprocess is not None and getattr(preprocess, 'size', None) is not None:
+            if image_size is not None and image_size != preprocess.size:
+                raise CXRDataError(f"image_size={image_size} but preprocess {key!r} makes {preprocess.size}x{preprocess.size} images")
+            image_size = preprocess.size
+        self.image_size, self.preprocess = image_size, preprocess
         if cache is not None:
+            if preprocess is not None and (key is None or getattr(cache, 'preprocess_key', None) != key):
+                raise CXRDataError(f"the cache {getattr(cache, 'index_path', '')} was built with preprocess "
+                                   f"{getattr(cache, 'preprocess_key', None)!r}, not {key!r}; build it with this preprocess")
             if image_size is not None and image_size != cache.size:
                 raise CXRDataError(f"image_size={image_size} but the cache holds {cache.size}x{cache.size} images; build one at {image_size}")
             self.image_size = cache.size
@@ -99,7 +116,7 @@ class CXRDataset(Dataset):
             j = self._cache_idx[i]
             return self.cache[j], self.cache.stored_shape(j)
         img = _decode(self.paths[i])
-        return _area_resize(img, self.image_size), img.shape
+        return _preprocessed(img, self.image_size, self.preprocess, self.paths[i]), img.shape
 
     def __getitem__(self, i: int) -> dict:
         img, (h0, w0) = self._pixels(i)

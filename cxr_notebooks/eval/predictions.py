@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 from ..core import CXRDataError
 from ..data.cache import ImageCache
 from ..data.contract import BOX_COLUMNS
@@ -25,7 +26,7 @@ __all__ = ['predict_table', 'prediction_arrays', 'auc_table', 'mean_auc_ci', 'de
 def predict_table(model: nn.Module, # a trained model (sigmoid outputs, one per label)
                   table: pd.DataFrame, # image table: `image`, `patient_id`, `path` and the label columns
                   labels: Sequence[str], # label columns, in the model's output order
-                  image_size: int, # model input side, px
+                  image_size: int | None = None, # model input side, px (not needed with `dataset`)
                   batch_size: int = 32, # evaluation batch size
                   device: str | None = None, # default: the model's device
                   cache: ImageCache | None = None, # read pixels from this cache
@@ -33,9 +34,12 @@ def predict_table(model: nn.Module, # a trained model (sigmoid outputs, one per 
                   normalize: str = 'imagenet', # input normalisation
                   step: Callable | None = None, # a paper's step, when the model returns a dict (see `train.learner`)
                   activation: str | None = 'sigmoid', # logits -> probabilities: 'sigmoid' (multi-label), 'softmax' (one class per image)
+                  dataset: Dataset | None = None, # the samples of `table`, in its order (e.g. preprocessed); default: built at `image_size`
                  ) -> pd.DataFrame:
     "Probabilities of `model` for every image of `table`: columns image, patient_id, y_<label>, p_<label>."
-    ds = stage_dataset(table, labels, image_size, False, cache, normalize)
+    if dataset is None and image_size is None: raise ValueError("predict_table needs image_size or dataset")
+    ds = stage_dataset(table, labels, image_size, False, cache, normalize) if dataset is None else dataset
+    if len(ds) != len(table): raise ValueError(f"dataset has {len(ds)} samples for {len(table)} table rows; expected the samples of this table")
     dl = make_dataloader(ds, batch_size, shuffle=False, num_workers='auto' if num_workers is None else num_workers)
     probs, _ = predict(model, dl, device=device, activation=activation, **({'step': step} if step is not None else {}))
     out = table[['image', 'patient_id']].reset_index(drop=True)

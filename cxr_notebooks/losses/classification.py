@@ -15,8 +15,9 @@ from ..core import CXRDataError, Registry
 from ..data.labels import NIH_LABELS
 
 # %% auto #0
-__all__ = ['SEED002_BETAS', 'SEED002_BETA', 'WEIGHT_SCHEMES', 'LOSSES', 'label_counts', 'wang_weights', 'effective_number_alpha',
-           'class_balanced_weights', 'WeightedBCELoss', 'WeightedFocalLoss', 'create_loss']
+__all__ = ['SEED002_BETAS', 'SEED002_BETA', 'WEIGHT_SCHEMES', 'LOSSES', 'SEED004_EPS', 'label_counts', 'wang_weights',
+           'effective_number_alpha', 'class_balanced_weights', 'WeightedBCELoss', 'WeightedFocalLoss', 'create_loss',
+           'inverse_frequency_weights', 'inverse_frequency_pos_weight']
 
 # %% ../../nbs/losses/35_classification.ipynb #57e65397
 def label_counts(image_table: pd.DataFrame, labels: Sequence[str] = NIH_LABELS) -> pd.DataFrame:
@@ -31,8 +32,8 @@ def label_counts(image_table: pd.DataFrame, labels: Sequence[str] = NIH_LABELS) 
 SEED002_BETAS: tuple[float, ...] = (1 - 2e-6, 1 - 2e-5, 1 - 2e-4, 1 - 7e-4, 1 - 2e-3)  # seed 002 Eq. 10
 SEED002_BETA: float = 0.9998  # the beta of seed 002's headline results (Tables 4, 5, 7, 8)
 
-def _as_counts(pos_counts, name: str = 'pos_counts') -> pd.Series:
-    "Positive counts as a float Series indexed by class name; `CXRDataError` for bad or empty classes."
+def _as_counts(pos_counts, name: str = 'pos_counts', allow_empty: bool = False) -> pd.Series:
+    "Positive counts as a float Series indexed by class name; `CXRDataError` for bad (or, unless `allow_empty`, empty) classes."
     if isinstance(pos_counts, torch.Tensor): pos_counts = pos_counts.detach().cpu().numpy()
     if isinstance(pos_counts, Mapping): s = pd.Series(dict(pos_counts), dtype=float)
     elif isinstance(pos_counts, pd.Series): s = pos_counts.astype(float)
@@ -44,7 +45,7 @@ def _as_counts(pos_counts, name: str = 'pos_counts') -> pd.Series:
     for k, v in s.items():
         if not np.isfinite(v) or v < 0:
             raise CXRDataError(f"{name} for class {k!r} is {v}; expected a count >= 0")
-        if v == 0:
+        if v == 0 and not allow_empty:
             raise CXRDataError(f"class {k!r} has 0 positive samples in the training split (an empty class): "
                                f"its weight is undefined; drop the class or use a split where it occurs")
     return s
@@ -187,3 +188,33 @@ def create_loss(name: str,                   # a `LOSSES` name: 'bce', 'wbce', '
     "A loss from the `LOSSES` registry built from training-split counts; unknown names are a `ValueError` listing the known ones."
     return LOSSES.get(name)(pos_counts=pos_counts, n=n, beta=beta, alpha=alpha, gamma=gamma,
                             clip_negative=clip_negative, scale=scale)
+
+# %% ../../nbs/losses/35_classification.ipynb #00ae6aa0
+SEED004_EPS: float = 1e-5  # seed 004's guard: Hernia (3460 - 5) / (5 + 1e-5) = 690.9986 (Sec. 4.2.1)
+
+def inverse_frequency_weights(pos_counts, n, eps: float = SEED004_EPS, on_empty: str = 'raise') -> pd.Series:
+    "Seed 004's `pos_weight` $(n_k - P_k)/(P_k + \\epsilon)$ from positive counts and known-label totals `n` (scalar or per class)."
+    if on_empty not in ('raise', 'warn'): raise ValueError(f"on_empty={on_empty!r}; expected 'raise' or 'warn'")
+    if eps < 0: raise ValueError(f"eps={eps}; expected eps >= 0")
+    pos = _as_counts(pos_counts, allow_empty=on_empty == 'warn')
+    neg = _negatives(pos, n)
+    empty = list(pos.index[pos == 0])
+    if empty and eps == 0:
+        raise CXRDataError(f"class(es) {empty} have 0 positive samples in the training split and eps=0: (n - P)/P is infinite")
+    if empty:
+        warnings.warn(f"class(es) {empty} have 0 positive samples in the training split: pos_weight = n/eps = "
+                      f"{(neg[empty] / eps).round().tolist()} (seed 004's formula); their validation loss will dominate")
+    return (neg / (pos + eps)).rename('pos_weight')
+
+def inverse_frequency_pos_weight(train: pd.DataFrame, labels: Sequence[str] = NIH_LABELS, eps: float = SEED004_EPS,
+                                 on_empty: str = 'raise') -> pd.Series:
+    "Seed 004's inverse-frequency `pos_weight` per label, counted on the training image table: $(n_k - P_k)/(P_k + \\epsilon)$."
+    c = label_counts(train, labels)
+    return inverse_frequency_weights(c.pos, c.n, eps, on_empty)
+
+@LOSSES.register('pos-bce')
+def _pos_bce(pos_counts=None, n=None, eps: float = SEED004_EPS, **_) -> nn.Module:
+    "Seed 004 'pos-bce': `BCEWithLogitsLoss(pos_weight=(n-P)/(P+eps))` semantics, with the `label_mask` of `_SigmoidLoss`."
+    if pos_counts is None or n is None:
+        raise ValueError("loss 'pos-bce' needs pos_counts and n: the positives and the known labels per class in the training split")
+    return WeightedBCELoss(w_pos=inverse_frequency_weights(pos_counts, n, eps).to_numpy(), w_neg=1.0)

@@ -1,0 +1,100 @@
+"Early-lift metrics (cxr_notebooks.metrics.early_lift): micro-AUROC, sensitivity at a fixed FPR, McClish's standardized partial AUC, the CI table."
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score, roc_curve
+from cxr_notebooks.core import CXRDataError
+from cxr_notebooks.metrics.early_lift import early_lift_table, micro_auroc, sensitivity_at_fpr, standardized_partial_auc
+
+
+@pytest.fixture(scope='module')
+def scores():
+    rng = np.random.default_rng(0)
+    s = rng.random(500)
+    y = (rng.random(500) < 0.2 + 0.5 * s).astype(int)
+    return y, s
+
+
+def test_micro_auroc_is_sklearns_micro_average_and_skips_unknown():
+    rng = np.random.default_rng(1)
+    y = (rng.random((200, 4)) < 0.3).astype(float); p = rng.random((200, 4)) + 0.3 * y
+    assert micro_auroc(y, p) == pytest.approx(roc_auc_score(y, p, average='micro'), abs=1e-12)
+    yn = y.copy(); yn[:20, 2] = np.nan
+    keep = ~np.isnan(yn)
+    assert micro_auroc(yn, p) == pytest.approx(roc_auc_score(yn[keep], p[keep]), abs=1e-12)
+    with pytest.raises(CXRDataError, match='positives and negatives'): micro_auroc(np.zeros((3, 2)), np.ones((3, 2)))
+    with pytest.raises(CXRDataError, match='shape'): micro_auroc(np.zeros((3, 2)), np.ones((3, 3)))
+
+
+def test_sensitivity_at_fpr_on_a_hand_checked_curve():
+    "5 negatives (0.1-0.5), 5 positives (0.45, 0.6-0.9): below FPR 0.2 TPR 0.8; at 0.2 threshold 0.45 reaches TPR 1."
+    y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1]); s = np.array([.1, .2, .3, .4, .5, .45, .6, .7, .8, .9])
+    assert [sensitivity_at_fpr(y, s, f) for f in (0.01, 0.19, 0.2, 1.0)] == [0.8, 0.8, 1.0, 1.0]
+
+
+def test_sensitivity_at_fpr_takes_the_lower_end_of_a_tie_segment():
+    "A positive and a negative tied at 0.5: only a randomised classifier reaches the inside of the diagonal."
+    y, s = np.array([0, 1, 0, 1]), np.array([0.2, 0.5, 0.5, 0.9])
+    assert sensitivity_at_fpr(y, s, 0.25) == 0.5 and sensitivity_at_fpr(y, s, 0.5) == 1.0
+    f, t, _ = roc_curve(y, s)
+    assert np.interp(0.25, f, t) == 0.75   # what linear interpolation would report
+
+
+def test_sensitivity_at_fpr_without_ties_reads_the_staircase(scores):
+    y, s = scores
+    f, t, _ = roc_curve(y, s, drop_intermediate=False)
+    for fpr in (0.011, 0.05, 0.1, 0.333):
+        assert sensitivity_at_fpr(y, s, fpr) == pytest.approx(np.interp(fpr, f, t), abs=1e-12)
+
+
+@pytest.mark.parametrize('rounding', [None, 1, 2])
+@pytest.mark.parametrize('max_fpr', [0.02, 0.05, 0.1, 0.5, 1.0])
+def test_standardized_partial_auc_equals_sklearn(scores, rounding, max_fpr):
+    "McClish's standardized pAUC is scikit-learn's roc_auc_score(max_fpr=...), with ties too; max_fpr=1 is the AUC."
+    y, s = scores
+    s = s if rounding is None else np.round(s, rounding)
+    expected = roc_auc_score(y, s, max_fpr=max_fpr) if max_fpr < 1 else roc_auc_score(y, s)
+    assert standardized_partial_auc(y, s, max_fpr) == pytest.approx(expected, abs=1e-12)
+
+
+def test_standardized_partial_auc_extremes():
+    y = np.array([0, 0, 1, 1])
+    assert standardized_partial_auc(y, np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert standardized_partial_auc(y, np.full(4, 0.5)) == pytest.approx(0.5)   # chance: the diagonal
+
+
+@pytest.mark.parametrize('fn', [sensitivity_at_fpr, standardized_partial_auc])
+def test_bad_fpr_and_one_class_are_refused(fn):
+    y, s = np.array([0, 1, 0, 1]), np.array([.1, .9, .2, .8])
+    for bad in (0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r'\(0, 1\]'): fn(y, s, bad)
+    with pytest.raises(CXRDataError, match='positives and negatives'): fn(np.ones(4), s, 0.1)
+    with pytest.raises(CXRDataError, match='NaN'): fn(np.array([0, 1, np.nan, 1]), s, 0.1)
+
+
+def test_early_lift_table_values_cis_and_missing_classes():
+    rng = np.random.default_rng(2)
+    n = 300
+    Y = (rng.random((n, 3)) < 0.3).astype(float); Y[:, 2] = 0   # class c has no positive
+    S = np.c_[Y[:, 0] * 0.4 + rng.random(n), Y[:, 1] * 1.5 + rng.random(n), rng.random(n)]
+    Y[:4, 1] = np.nan                                            # unknown labels are left out
+    t = early_lift_table(Y, S, ['a', 'b', 'c'], n_resamples=40, seed=1, groups=np.arange(n) // 3)
+    assert list(t.columns) == ['label', 'metric', 'value', 'low', 'high', 'n_skipped']
+    assert len(t) == 3 * 3 + 4 and set(t.metric) == {'sens@fpr0.05', 'sens@fpr0.1', 'spauc@0.1', 'auc'}
+    w = t.pivot(index='label', columns='metric', values='value')
+    assert w.loc['c', ['sens@fpr0.05', 'sens@fpr0.1', 'spauc@0.1']].isna().all()   # NaN, not zero
+    assert w.loc['b', 'sens@fpr0.1'] == pytest.approx(sensitivity_at_fpr(Y[4:, 1], S[4:, 1], 0.1))
+    assert w.loc['a', 'spauc@0.1'] == pytest.approx(standardized_partial_auc(Y[:, 0], S[:, 0], 0.1))
+    assert w.loc['micro', 'auc'] == pytest.approx(micro_auroc(Y, S))
+    assert w.loc['b', 'spauc@0.1'] > w.loc['a', 'spauc@0.1']
+    ok = t.dropna(subset=['value'])
+    assert (ok['low'] <= ok['value']).all() and (ok['value'] <= ok['high']).all()
+    again = early_lift_table(Y, S, ['a', 'b', 'c'], n_resamples=40, seed=1, groups=np.arange(n) // 3)
+    pd.testing.assert_frame_equal(t, again)   # seeded
+    other = early_lift_table(Y, S, ['a', 'b', 'c'], fprs=(0.2,), max_fpr=0.3, n_resamples=5, micro=False)
+    assert set(other.metric) == {'sens@fpr0.2', 'spauc@0.3'} and 'micro' not in set(other.label)
+
+
+def test_early_lift_table_checks_shapes():
+    with pytest.raises(CXRDataError, match='K = len'): early_lift_table(np.zeros((4, 2)), np.zeros((4, 2)), ['a'])
+    with pytest.raises(ValueError, match=r'\(0, 1\]'): early_lift_table(np.eye(4)[:, :2], np.eye(4)[:, :2], ['a', 'b'], fprs=(0,))

@@ -1,0 +1,54 @@
+"""Seed 001's notebook on CheXpert (Tables VIII-X), end to end through papermill on the FABRICATED stand-in folder
+(conftest.chexpert_stand_in: phantoms at real CheXpert paths; no CheXpert image exists offline), at tiny settings."""
+import json
+import pandas as pd
+import pytest
+from cxr_notebooks.reproduce.kit import check_record
+from cxr_notebooks.reproduce.reference import reference_values
+from cxr_notebooks.reproduce.runner import ReproductionFailed, run_reproduction
+
+TINY = dict(profile='smoke', dataset='chexpert', image_size=32, epochs=1, batch_size=16, n_bootstrap=20, num_workers=0,
+            show_test_selection=False)
+
+
+def _run(tmp_path, stand_in, **kw):
+    run_reproduction('001', tmp_path, {**TINY, 'data_root': str(stand_in), 'original_sizes': str(stand_in / 'original_sizes.csv'), **kw},
+                     html=False, progress=False)
+    rec = json.loads((tmp_path / 'metrics.json').read_text())
+    check_record(rec, str(tmp_path / 'metrics.json'))
+    return rec
+
+
+@pytest.mark.slow
+def test_chexpert_official_split_is_compared_with_table8(tmp_path, chexpert_stand_in):
+    "Train on train.csv (U-Ones, 5 competition labels), test on valid.csv: per-class AUC with CIs next to Table VIII's Ours-RN50."
+    rec = _run(tmp_path, chexpert_stand_in)
+    assert rec['data']['dataset'] == 'chexpert' and rec['data']['split_sizes']['test'] == 14
+    assert rec['data']['split_sizes']['train'] + rec['data']['split_sizes']['val'] == 54
+    assert [r['label'] for r in rec['results']['test_auc']['HAM']] == ['Atelectasis', 'Cardiomegaly', 'Consolidation', 'Edema', 'Pleural Effusion']
+    assert list(rec['comparisons']) == ['tableviii_auc_HAM']
+    t = pd.read_csv(tmp_path / 'paper_vs_reproduced_tableviii_auc_HAM.csv').set_index('label')
+    paper = reference_values('001', 'Table VIII', 'Ours-RN50', 'auc', 'chexpert_valid')
+    assert t.loc['Atelectasis', 'paper'] == pytest.approx(paper['Atelectasis']) and t.loc['Average', 'paper'] == pytest.approx(0.8996)
+    assert t['ours'].notna().any()
+    h = rec['headline']
+    assert h['low'] <= h['value'] <= h['high'] and 'CheXpert at' in rec['setup']
+
+
+@pytest.mark.slow
+def test_chexpert_localization_with_extra_boxes_is_compared_with_tables9_and_10(tmp_path, chexpert_stand_in):
+    "Hold out boxed patients, train with the boxes of the others (Ours_extra), localise the 9 classes on the held-out and valid boxes."
+    rec = _run(tmp_path, chexpert_stand_in, split='chexpert_localization', extra_boxes=True)
+    assert rec['data']['helper'] > 0 and rec['data']['split_sizes']['test'] > 8
+    assert sum(rec['results']['localization_cases'].values()) > 0
+    assert {k.split('_loc')[0] for k in rec['comparisons']} == {'tableix', 'tablex'}
+    t = pd.read_csv(tmp_path / 'paper_vs_reproduced_tableix_loc_iou_0.1_HAM.csv').set_index('label')
+    assert t.loc['Fracture', 'paper'] == pytest.approx(reference_values('001', 'Table IX', 'Ours_extra', 'loc_iou_0.1', 'chexpert_localization')['Fracture'])
+    assert rec['comparisons']['tablex_loc_ior_0.75_HAM']['paper_source'].startswith('seed 001')
+
+
+@pytest.mark.slow
+def test_chexpert_without_data_root_stops_with_what_is_expected(tmp_path):
+    with pytest.raises(ReproductionFailed) as e:
+        run_reproduction('001', tmp_path, {**TINY}, html=False, progress=False)
+    assert e.value.ename == 'ValueError' and 'needs data_root' in e.value.evalue and 'CheXpert-v1.0-small' in e.value.evalue
