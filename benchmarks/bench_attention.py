@@ -1,4 +1,4 @@
-"""Training throughput of seed 003's backbones with and without spatial attention, and the ratio.
+"""Training throughput of seed 003's backbones with and without spatial attention, and of seed 004's networks.
 
 For each backbone (ResNet-101, EfficientNet-B0, EfficientNet-B3, MobileNetV2 by default), images/second of the
 Learner's training step (forward + BCE + backward + Adam step, `Learner.train_epoch`, 13 outputs) on one synthetic
@@ -13,11 +13,12 @@ the rows are fp32 and say so.
 
     .venv/bin/python benchmarks/bench_attention.py [--device auto] [--size 224] [--batch-size 32] [--amp]
                                                    [--models resnet101 efficientnet_b0 ...] [--steps 10] [--warmup 3] [--json OUT]
+    .venv/bin/python benchmarks/bench_attention.py --seed004 [--amp]   # seed 004's three networks vs a plain ResNet-50
     # CPU check with tiny settings:
     .venv/bin/python benchmarks/bench_attention.py --device cpu --size 32 --batch-size 2 --steps 2 --warmup 1 --models mobilenetv2_100
 """
 from __future__ import annotations
-import argparse, itertools, json, os
+import argparse, functools, itertools, json, os
 from pathlib import Path
 
 import pandas as pd
@@ -35,14 +36,15 @@ from cxr_notebooks.train.learner import Learner, create_optimizer
 WORK = Path(__file__).resolve().parent / '_work'
 
 
-def _train_rate(name: str, size: int, batch_size: int, device: torch.device, amp: bool, warmup: int, steps: int) -> float:
-    "Images/second of one Learner training step of `name` (13 outputs, Adam, BCE) on a synthetic batch on `device`."
+def _train_rate(name: str, size: int, batch_size: int, device: torch.device, amp: bool, warmup: int, steps: int,
+                n_labels: int = len(SEED003_LABELS)) -> float:
+    "Images/second of one Learner training step of `name` (`n_labels` outputs, Adam, BCE) on a synthetic batch on `device`."
     seed_everything(0)
-    model = create_model(name, len(SEED003_LABELS))
+    model = create_model(name, n_labels)
     learn = Learner(model, [], [], nn.BCEWithLogitsLoss(), create_optimizer('adam', model, 1e-4), device=device,
                     amp='auto' if amp else False, seed=None, progress=False, out_dir=WORK)
     batch = {'image': torch.randn(batch_size, 3, size, size, device=device),
-             'label': (torch.rand(batch_size, len(SEED003_LABELS), device=device) < 0.1).float()}
+             'label': (torch.rand(batch_size, n_labels, device=device) < 0.1).float()}
     def run(batches):
         learn.train_dl = batches; learn.train_epoch(0)
     rate = _rate(run, itertools.repeat(batch), warmup, steps, batch_size, device)
@@ -50,11 +52,14 @@ def _train_rate(name: str, size: int, batch_size: int, device: torch.device, amp
     return rate
 
 
+def _precision(amp: bool, device: torch.device) -> str:
+    return ('bf16' if torch.cuda.is_bf16_supported() else 'fp16') if amp and device.type == 'cuda' else \
+        'fp32 (AMP n/a on CPU)' if amp else 'fp32'
+
+
 def measure(models: list[str], size: int, batch_size: int, device: torch.device, amp: bool, warmup: int, steps: int) -> list[dict]:
     "One row per backbone: plain and `_sa` images/s, their ratio and the attention's overhead per step."
-    precision = ('bf16' if torch.cuda.is_bf16_supported() else 'fp16') if amp and device.type == 'cuda' else \
-        'fp32 (AMP n/a on CPU)' if amp else 'fp32'
-    rows = []
+    precision, rows = _precision(amp, device), []
     for b in models:
         plain, sa = (_train_rate(n, size, batch_size, device, amp, warmup, steps) for n in (b, f'{b}_sa'))
         rows.append({'backbone': b, 'size': size, 'batch_size': batch_size, 'precision': precision,
@@ -62,9 +67,21 @@ def measure(models: list[str], size: int, batch_size: int, device: torch.device,
     return rows
 
 
+SEED004_NETWORKS = ('advanced_resnet50', 'chest_xray_attention_net', 'rare_disease_net')
+
+def measure_seed004(size: int, batch_size: int, device: torch.device, amp: bool, warmup: int, steps: int) -> list[dict]:
+    "Seed 004's networks (14 outputs, the plain classification step) and their ensemble, each as a ratio to a plain ResNet-50."
+    base = _train_rate('resnet50', size, batch_size, device, amp, warmup, steps, n_labels=14)
+    rates = {n: _train_rate(n, size, batch_size, device, amp, warmup, steps, n_labels=14) for n in SEED004_NETWORKS}
+    rates['ensemble (the three trained one after another)'] = 1 / sum(1 / r for r in rates.values())
+    return [{'model': n, 'size': size, 'batch_size': batch_size, 'precision': _precision(amp, device), 'img_s': r,
+             'resnet50_img_s': base, 'ratio': r / base} for n, r in rates.items()]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--models', nargs='+', default=list(SA_BACKBONES), choices=SA_BACKBONES, help='plain backbones (each is run with and without attention)')
+    ap.add_argument('--seed004', action='store_true', help="seed 004's networks and their ensemble vs a plain ResNet-50 instead")
     ap.add_argument('--size', type=int, default=224, help='image size (default 224)')
     ap.add_argument('--batch-size', type=int, default=32, help='batch size (default 32)')
     ap.add_argument('--amp', action='store_true', help='autocast (bf16 where supported, else fp16); CUDA only')
@@ -77,11 +94,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     machine = {'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu', 'cpus': usable_cpus(),
                'torch_threads': torch.get_num_threads(), 'torch': torch.__version__, 'steps': a.steps, 'warmup': a.warmup,
                'load_average': os.getloadavg()[0]}
-    rows = measure(a.models, a.size, a.batch_size, device, a.amp, a.warmup, a.steps)
-    print(f"Training throughput with and without spatial attention, images/second ({machine['device']}, {machine['cpus']} CPUs, "
+    rows = (measure_seed004 if a.seed004 else functools.partial(measure, a.models))(a.size, a.batch_size, device, a.amp, a.warmup, a.steps)
+    print(f"Training throughput {'of seed 004' + chr(39) + 's networks' if a.seed004 else 'with and without spatial attention'}, images/second ({machine['device']}, {machine['cpus']} CPUs, "
           f"{machine['torch_threads']} torch threads, {a.steps} timed steps)")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f'{v:.3g}'))
-    print('ratio = attention / plain images/s (below 1: slower with attention); overhead_pct = extra time per training step')
+    print('ratio = img_s / plain ResNet-50 img_s' if a.seed004 else
+          'ratio = attention / plain images/s (below 1: slower with attention); overhead_pct = extra time per training step')
     if a.json:
         a.json.write_text(json.dumps({'machine': machine, 'rows': rows}, indent=1))
     return rows

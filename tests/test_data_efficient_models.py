@@ -121,3 +121,20 @@ def test_ensemble_averages_probabilities_not_logits():
     assert abs(out[0, 0].item() - 1.5) > 0.5        # the mean logit would be 1.5; the mean probability's logit is ~0.51
     assert torch.isfinite(ProbabilityEnsemble([_Constant([100.0])])(torch.zeros(1, 1))).all()   # clamped: finite at p = 1
     with pytest.raises(ValueError): ProbabilityEnsemble([])
+
+
+@pytest.mark.slow
+def test_bench_seed004_tiny_cpu(tmp_path):
+    "`bench_attention.py --seed004` times the three networks and their ensemble against a plain ResNet-50 (speed never asserted)."
+    import json, subprocess, sys
+    from pathlib import Path
+    out = tmp_path / 'bench.json'
+    bench = Path(__file__).resolve().parents[1] / 'benchmarks' / 'bench_attention.py'
+    r = subprocess.run([sys.executable, str(bench), '--seed004', '--device', 'cpu', '--size', '32', '--batch-size', '2',
+                        '--steps', '1', '--warmup', '1', '--json', str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = {x['model']: x for x in json.loads(out.read_text())['rows']}
+    assert list(rows)[:3] == ['advanced_resnet50', 'chest_xray_attention_net', 'rare_disease_net']
+    ens = rows['ensemble (the three trained one after another)']
+    assert ens['img_s'] == pytest.approx(1 / sum(1 / rows[n]['img_s'] for n in list(rows)[:3]))
+    assert all(x['ratio'] == pytest.approx(x['img_s'] / x['resnet50_img_s']) for x in rows.values())

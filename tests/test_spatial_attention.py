@@ -140,3 +140,16 @@ def test_bench_attention_tiny_cpu(tmp_path):
     assert [x['backbone'] for x in rows] == ['mobilenetv2_100'] and rows[0]['precision'] == 'fp32 (AMP n/a on CPU)'
     assert rows[0]['plain_img_s'] > 0 and rows[0]['sa_img_s'] > 0
     assert rows[0]['ratio'] == pytest.approx(rows[0]['sa_img_s'] / rows[0]['plain_img_s'])
+
+
+@pytest.mark.slow
+def test_train_stages_builds_the_backbone_with_model_kw(tmp_path, sample_table):
+    "`train_stages(model_kw=...)` reaches timm: a 3x3 attention kernel trains through the ordinary stages (one tiny epoch)."
+    from cxr_notebooks.data.splits import patient_train_val_split
+    from cxr_notebooks.train.stages import Stage, train_stages
+    parts = patient_train_val_split(sample_table.head(48), val_fraction=0.5, seed=0)
+    labels = ['Infiltration', 'Effusion']
+    res = train_stages(parts['train'], parts['val'], [Stage(32, 8, 1)], torch.nn.BCEWithLogitsLoss(), tmp_path, 'mobilenetv2_100_sa',
+                       labels, model_kw={'sa_kernel_size': 3}, num_workers=0, progress=False, device='cpu')
+    kernels = {a.conv.conv.kernel_size for a in res.stage_models[0].spatial_attn.values()}
+    assert kernels == {(3, 3)} and len(res.history) == 1

@@ -15,8 +15,8 @@ from ..core import CXRDataError
 # %% auto #0
 __all__ = ['REPORT_COLUMNS', 'SEED000_METRICS', 'per_class_auroc', 'macro_auroc', 'classification_report_table', 'youden_index',
            'discriminant_power', 'binary_confusion_metrics', 'one_vs_rest_metrics', 'confusion_metrics',
-           'youden_threshold', 'CI', 'bootstrap_ci', 'per_class_auroc_ci', 'DeLongResult', 'delong_auc_cov',
-           'delong_test', 'delong_ci']
+           'column_thresholds', 'youden_threshold', 'CI', 'bootstrap_ci', 'per_class_auroc_ci', 'DeLongResult',
+           'delong_auc_cov', 'delong_test', 'delong_ci']
 
 # %% ../../nbs/metrics/20_classification.ipynb #2d1d37ad
 def _check_labels(y_true: np.ndarray) -> None:
@@ -170,16 +170,23 @@ def confusion_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int | N
     return (table.iloc[1] if k == 2 else table.loc['macro']).rename('binary (class 1)' if k == 2 else 'macro')
 
 # %% ../../nbs/metrics/20_classification.ipynb #1d6bbd41
-def youden_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float | np.ndarray:
-    "The score threshold maximising Youden's J = TPR − FPR on scikit-learn's `roc_curve` (one per column for 2-D scores)."
+def column_thresholds(y_true: np.ndarray, y_score: np.ndarray, best: Callable[[np.ndarray, np.ndarray], float], what: str) -> float | np.ndarray:
+    "`best(y, s)` of each column (one float for 1-D scores); `CXRDataError` naming a class whose `y_true` has one value (`what` needs both)."
     yt, ys, labels, _ = _as_columns(y_true, y_score)
     thresholds = []
     for k in range(yt.shape[1]):
         if len(np.unique(yt[:, k])) < 2:
-            raise CXRDataError(f"class {labels[k]!r} (column {k}) has only one value in y_true; the ROC curve needs positives and negatives")
-        fpr, tpr, thr = roc_curve(yt[:, k], ys[:, k])
-        thresholds.append(float(thr[np.argmax(tpr - fpr)]))
+            raise CXRDataError(f"class {labels[k]!r} (column {k}) has only one value in y_true; {what} needs positives and negatives")
+        thresholds.append(float(best(yt[:, k], ys[:, k])))
     return thresholds[0] if np.ndim(y_score) == 1 else np.array(thresholds)
+
+def _youden_best(y: np.ndarray, s: np.ndarray) -> float:
+    fpr, tpr, thr = roc_curve(y, s)
+    return thr[np.argmax(tpr - fpr)]
+
+def youden_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float | np.ndarray:
+    "The score threshold maximising Youden's J = TPR − FPR on scikit-learn's `roc_curve` (one per column for 2-D scores)."
+    return column_thresholds(y_true, y_score, _youden_best, 'the ROC curve')
 
 # %% ../../nbs/metrics/20_classification.ipynb #c1be00c3
 class CI(NamedTuple):

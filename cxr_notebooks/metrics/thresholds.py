@@ -9,25 +9,21 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_curve
-from ..core import CXRDataError
-from .classification import (_as_columns, _bootstrap_counts, _check_bootstrap_args, _check_scores,
-                                                  _label_names, _weighted_auroc, youden_threshold)
+from .classification import (_bootstrap_counts, _check_bootstrap_args, _check_scores,
+                                                  _label_names, _weighted_auroc, column_thresholds, youden_threshold)
 
 # %% auto #0
 __all__ = ['THRESHOLD_METHODS', 'THRESHOLDED_METRICS', 'f1_optimal_threshold', 'choose_thresholds', 'thresholded_metrics']
 
 # %% ../../nbs/metrics/23_thresholds.ipynb #609dd4df
+def _f1_best(y: np.ndarray, s: np.ndarray) -> float:
+    precision, recall, thr = precision_recall_curve(y, s)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, np.finfo(float).tiny)
+    return thr[np.argmax(f1[:-1])]  # the curve's last point (recall 0) has no threshold
+
 def f1_optimal_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float | np.ndarray:
     "The score threshold (positive at score >= it) maximising F1 on scikit-learn's `precision_recall_curve` (one per column for 2-D scores)."
-    yt, ys, labels, _ = _as_columns(y_true, y_score)
-    thresholds = []
-    for k in range(yt.shape[1]):
-        if len(np.unique(yt[:, k])) < 2:
-            raise CXRDataError(f"class {labels[k]!r} (column {k}) has only one value in y_true; the F1-optimal threshold needs positives and negatives")
-        precision, recall, thr = precision_recall_curve(yt[:, k], ys[:, k])
-        f1 = 2 * precision * recall / np.maximum(precision + recall, np.finfo(float).tiny)
-        thresholds.append(float(thr[np.argmax(f1[:-1])]))  # the curve's last point (recall 0) has no threshold
-    return thresholds[0] if np.ndim(y_score) == 1 else np.array(thresholds)
+    return column_thresholds(y_true, y_score, _f1_best, 'the F1-optimal threshold')
 
 # %% ../../nbs/metrics/23_thresholds.ipynb #ade063c0
 THRESHOLD_METHODS: tuple[str, ...] = ('fixed', 'youden', 'f1')

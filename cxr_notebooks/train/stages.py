@@ -84,6 +84,7 @@ def train_stages(train: pd.DataFrame, # training image table
                  pretrained: bool = False, # ImageNet weights (loud error or warning when unavailable)
                  weights: str | None = None, # local ImageNet checkpoint file
                  on_missing_weights: str = 'raise', # 'raise' or 'warn' when weights cannot be loaded
+                 model_kw: dict | None = None, # more `create_model` arguments (e.g. `sa_kernel_size` of a `*_sa` backbone)
                  optimizer: str = 'adam', # timm optimizer name or alias ('ranger')
                  lr: float = 1e-3, # learning rate
                  weight_decay: float = 0.0, # weight decay
@@ -102,7 +103,8 @@ def train_stages(train: pd.DataFrame, # training image table
     check_patient_disjoint({'train': train, 'val': val})
     check_selectable(val, labels)
     out_dir = Path(out_dir); seed_everything(seed)
-    model = create_model(backbone, len(labels), pretrained=pretrained, weights=weights, on_missing_weights=on_missing_weights)
+    model = create_model(backbone, len(labels), pretrained=pretrained, weights=weights, on_missing_weights=on_missing_weights,
+                         **(model_kw or {}))
     histories, models = [], []
     for i, st in enumerate(plan, 1):
         cache = image_cache(cache_table if cache_table is not None else pd.concat([train, val]), st.image_size, cache_dir) if cache_dir else None
