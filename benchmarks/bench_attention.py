@@ -31,6 +31,7 @@ from cxr_notebooks.data.datasets import usable_cpus
 from cxr_notebooks.methods.spatial_attention import SEED003_LABELS
 from cxr_notebooks.models.backbones import create_model
 from cxr_notebooks.models.spatial_attention import SA_BACKBONES
+import cxr_notebooks.models.data_efficient  # noqa: F401  (registers seed 004's networks with timm and the backbones)
 from cxr_notebooks.train.learner import Learner, create_optimizer
 
 WORK = Path(__file__).resolve().parent / '_work'
