@@ -140,3 +140,35 @@ def test_bad_arguments(csv):
         read_chexpert_csv(csv, uncertainty='U-MultiClass')
     with pytest.raises(CXRDataError, match=r"\['Fracture'\] are not among the requested labels"):
         read_chexpert_csv(csv, uncertainty={'Fracture': 'U-Zeros'})
+
+
+@pytest.fixture(scope='module')
+def real_train():
+    "CheXpert's real train.csv (no images) from the torchxrayvision wheel, all views, U-Ones."
+    from cxr_notebooks.data.chexpert import xrv_chexpert_train_csv
+    return read_chexpert_csv(xrv_chexpert_train_csv(), data_root='/nonexistent', frontal_only=False)
+
+
+@pytest.mark.slow
+def test_real_train_metadata_counts(real_train):
+    "The reader on the real file: 223,414 rows (HAM's 221,674 + 1,740), 64,540 patients, U-Ones positives pinned."
+    assert (len(real_train), real_train['patient_id'].nunique(), int((real_train['view'] == 'frontal').sum())) == (223_414, 64_540, 191_027)
+    assert real_train[list(CHEXPERT_COMPETITION_LABELS)].sum().astype(int).to_dict() == {
+        'Atelectasis': 67_115, 'Cardiomegaly': 35_087, 'Consolidation': 42_525, 'Edema': 65_230, 'Pleural Effusion': 97_815}
+
+
+@pytest.mark.slow
+def test_the_radiologist_boxes_of_training_images_are_in_the_real_train_csv(real_train):
+    "HAM's CheXpert boxes: every boxed training image is a row of the real train.csv (2,199; the paper's 457 + 1,740 = 2,197)."
+    from cxr_notebooks.data.ham import read_chexpert_box_json
+    boxed = set(read_chexpert_box_json()['image'])
+    boxed_train = {b for b in boxed if b.startswith('train/')}
+    assert len(boxed_train) == 2_199 and boxed_train <= set(real_train['image'])
+    assert not {b for b in boxed if b.startswith('valid/')} & set(real_train['image'])
+
+
+def test_missing_torchxrayvision_metadata_is_a_loud_error(monkeypatch):
+    import importlib.util
+    from cxr_notebooks.data.chexpert import xrv_chexpert_train_csv
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name: None)
+    with pytest.raises(CXRDataError, match='pip install torchxrayvision'): xrv_chexpert_train_csv()

@@ -15,7 +15,8 @@ from .byo import read_csv_checked, parse_label_column, check_files_exist, where_
 
 # %% auto #0
 __all__ = ['CHEXPERT_META_COLUMNS', 'CHEXPERT_UNCERTAINTY_POLICIES', 'CHEXPERT_DIR_PATTERN', 'chexpert_label_names',
-           'uncertain_value', 'apply_uncertainty', 'chexpert_dataset_dir', 'read_chexpert_csv']
+           'uncertain_value', 'apply_uncertainty', 'chexpert_dataset_dir', 'read_chexpert_csv',
+           'xrv_chexpert_train_csv']
 
 # %% ../../nbs/data/14_chexpert.ipynb #1f8044bc
 CHEXPERT_META_COLUMNS: tuple[str, ...] = ('Path', 'Sex', 'Age', 'Frontal/Lateral', 'AP/PA')
@@ -94,3 +95,14 @@ def read_chexpert_csv(csv_path: str | os.PathLike, data_root: str | os.PathLike 
     if frontal_only: out = out[out['view'] == 'frontal'].reset_index(drop=True)
     if check_files: check_files_exist(out['path'], src)
     return out
+
+# %% ../../nbs/data/14_chexpert.ipynb #2359d81c
+def xrv_chexpert_train_csv() -> Path:
+    "CheXpert's real `train.csv` metadata (no images) as shipped in the torchxrayvision wheel; `CXRDataError` if it is not installed."
+    import importlib.util
+    spec = importlib.util.find_spec('torchxrayvision')
+    f = Path(spec.origin).parent / 'data' / 'chexpert_train.csv.gz' if spec and spec.origin else None
+    if f is None or not f.is_file():
+        raise CXRDataError(f"CheXpert's train metadata ships with torchxrayvision ({f or 'package not installed'}); "
+                           "pip install torchxrayvision   (or the extra: pip install 'cxr-notebooks[xrv]')")
+    return f
