@@ -15,6 +15,7 @@ from ..core import CXRDataError
 from ..data.cache import ImageCache
 from ..data.contract import BOX_COLUMNS
 from ..data.datasets import default_transforms, make_dataloader, read_image
+from ..data.preprocess import Resize
 from ..metrics.classification import bootstrap_ci, delong_test, macro_auroc, per_class_auroc_ci
 from ..train.learner import predict
 from ..train.stages import stage_dataset
@@ -105,7 +106,7 @@ def cam_examples(model: nn.Module, # a trained model whose backbone has a regist
         if bx.empty: continue
         label = bx['label'].iloc[0]
         stored = read_image(row['path'])
-        img = read_image(row['path'], image_size)
+        img = Resize(image_size)(stored)   # the same area resize as `read_image(path, size)`, without a second decode
         x = tf(torch.from_numpy(img).float().div(255).expand(3, -1, -1).contiguous())[None]
         cam = compute_cam(model, x, list(labels).index(label), method=method, backbone=backbone)[0]
         scale = image_size / np.array([stored.shape[1], stored.shape[0]] * 2, dtype=float)
