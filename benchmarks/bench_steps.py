@@ -54,13 +54,15 @@ SEED000_SETTINGS: dict[str, tuple[float, str]] = {'plain CE (λ=1)': (1.0, 'publ
 BASELINE = 'RN50-8-LSE'  # the plain dilated ResNet-50 (output stride 8, LSE pooling) of Table VI
 
 
-def _step_rate(model: nn.Module, # the network, on the CPU
+def _step_rate(make_model: Callable[[], nn.Module], # builds the network (after seeding: the same weights for every setting)
                loss_fn: nn.Module, # the loss the step is given
                step: Callable, # `step(model, batch, loss_fn)`
                batch: dict, # one batch already on `device`
                device: torch.device, amp: bool, warmup: int, steps: int,
                lr: float, weight_decay: float = 0.0, activation: str = 'sigmoid') -> dict:
     "Images/second (and peak GPU memory) of the Learner's training step `step` with Adam on `batch`, repeated."
+    seed_everything(0)  # as Learner.fit does (deterministic cuDNN kernels included)
+    model = make_model()
     learn = Learner(model, [], [], loss_fn, create_optimizer('adam', model, lr, weight_decay), device=device,
                     amp='auto' if amp else False, seed=None, progress=False, out_dir=WORK, activation=activation, step=step)
     def run(batches):
@@ -90,9 +92,7 @@ def measure_seed000(backbones: list[str], size: int, batch_size: int, device: to
     for b in backbones:
         rates = {}
         for name, (lam, variant) in SEED000_SETTINGS.items():
-            seed_everything(0)  # as Learner.fit does: same initial weights for every setting
-            model = create_model(b, len(la.task_classes('effusion')))
-            rates[name] = _step_rate(model, AttentionLoss(lam, variant), la.AttentionStep(), batch, device, amp, warmup, steps,
+            rates[name] = _step_rate(lambda: create_model(b, len(la.task_classes('effusion'))), AttentionLoss(lam, variant), la.AttentionStep(), batch, device, amp, warmup, steps,
                                      lr=full['lr'], activation='softmax')
         plain = rates[next(iter(SEED000_SETTINGS))]['img_s']
         for name, r in rates.items():
@@ -119,10 +119,8 @@ def measure_seed001(backbones: list[str], size: int, batch_size: int, device: to
     for b in backbones:
         rates = {}
         for name in (BASELINE, ham.HAM_ROW):
-            seed_everything(0)
-            model = ham.build_ham(name, len(NIH_LABELS), backbone=b, encoder_channels=full['encoder_channels'])
-            rates[name] = _step_rate(model, ham.ham_loss(name, z=0.0), ham.ham_step, batch, device, amp, warmup, steps,
-                                     lr=full['lr'], weight_decay=1e-4)
+            rates[name] = _step_rate(lambda: ham.build_ham(name, len(NIH_LABELS), backbone=b, encoder_channels=full['encoder_channels']),
+                                     ham.ham_loss(name, z=0.0), ham.ham_step, batch, device, amp, warmup, steps, lr=full['lr'], weight_decay=1e-4)
         base = rates[BASELINE]['img_s']
         for name, r in rates.items():
             rows.append({'backbone': b, 'model': 'HAM' if name == ham.HAM_ROW else 'dilated ResNet (baseline)', 'row': name,

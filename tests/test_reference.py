@@ -116,3 +116,9 @@ def test_reference_values_by_model():
     assert s['Effusion vs No Finding'] == pytest.approx(0.654) and s.attrs['model'] == 'PVT'
     with pytest.raises(CXRDataError, match=r"pass model= one of \['PVT', 'ResNet50', 'VGG16'\]"):
         reference_values('000', 'Table I', 'cross-entropy', metric='sensitivity', split='ottawa')
+
+
+def test_average_row_comes_last_after_non_nih_labels():
+    "Defect (reported from seed 001): Tables IX-X listed `Average` before Enlarged Cardiomediastinum, Pleural Effusion and Fracture."
+    order = reference_table('001', 'Table X', metric='loc_ior_0.5').index.tolist()
+    assert order[-1] == 'Average' and order.index('Fracture') < order.index('Average')

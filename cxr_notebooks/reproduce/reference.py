@@ -62,10 +62,10 @@ def _source(d: pd.DataFrame, seed: str, table: str) -> str:
     return f"seed {seed} ({', '.join(sorted(d.seed_file.unique()))}), {table}"
 
 def _label_order(labels) -> list[str]:
-    "NIH order, then `Average`, then any other label in first-seen order."
+    "NIH order and `No Finding`, then any other label (e.g. CheXpert's) in first-seen order, then the `Average` row."
     labels = list(dict.fromkeys(labels))
-    head = [l for l in NIH_LABELS if l in labels] + [l for l in ('Average', NO_FINDING) if l in labels]
-    return head + [l for l in labels if l not in head]
+    head = [l for l in (*NIH_LABELS, NO_FINDING) if l in labels]
+    return head + [l for l in labels if l not in head and l != 'Average'] + ['Average'] * ('Average' in labels)
 
 def reference_table(seed_file_prefix: str = '002', table: str = 'Table 4', setting: str | list[str] | None = None,
                     metric: str = 'auc', ref: pd.DataFrame | None = None) -> pd.DataFrame:
