@@ -121,3 +121,14 @@ def test_fold_summary_is_table2s_mean_and_std():
     fs = fold_summary({f'fold{k}': pd.DataFrame({'label': ['Mass', 'Nodule'], 'auc': [0.7 + 0.1 * k, 0.6]}) for k in range(3)}).set_index('label')
     assert fs.loc['Mass', 'mean'] == pytest.approx(0.8) and fs.loc['Mass', 'std'] == pytest.approx(0.1)   # ddof 1
     assert fs.loc['Average', 'mean'] == pytest.approx(0.7) and fs.loc['Average', 'std'] == pytest.approx(0.05) and fs['folds'].eq(3).all()
+
+
+def test_table6_grid_spec_has_one_run_per_ablation_row():
+    "grids/001_table6_ablation.yaml: the Table VI ablation as a grid, one run per row of `ABLATIONS`, every run's parameters valid."
+    from pathlib import Path
+    from cxr_notebooks.reproduce.grid import read_grid_spec
+    from cxr_notebooks.reproduce.runner import check_parameters, repro_notebooks
+    spec = read_grid_spec(Path(__file__).resolve().parents[1] / 'grids' / '001_table6_ablation.yaml')
+    assert spec.notebook == '001' and [r['ablation'] for r in spec.varying] == list(ABLATIONS)
+    nb = repro_notebooks()['001']
+    for r in spec.varying: check_parameters(nb, {**spec.parameters, **r})

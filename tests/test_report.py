@@ -77,3 +77,34 @@ def test_report_renders_in_chromium(chromium, smoke_grid, tmp_path):
     assert run.returncode == 0 and console_errors(run.stderr) == []
     img = np.asarray(Image.open(shot).convert('L'))
     assert img.shape == (2400, 1280) and img.std() > 10          # a page with content, not a blank or an error page
+
+
+def _fake_run(name, out_dir, parameters, **kw):
+    "A finished run without a notebook: metrics.json in the shared schema; `with_predictions` runs name theirs (not under ours/)."
+    from pathlib import Path
+    from cxr_notebooks.reproduce.kit import RECORD_SCHEMA
+    out = Path(out_dir); (out / 'model_a').mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(parameters['loss']))
+    y = np.array([0, 1] * 10)
+    pd_ = __import__('pandas')
+    pd_.DataFrame({'image': [f'i{k}' for k in range(20)], 'patient_id': range(20), 'y_Effusion': y,
+                   'p_Effusion': np.clip(y * 0.3 + rng.random(20) * 0.7, 0, 1)}).to_csv(out / 'model_a' / 'test.csv', index=False)
+    rec = {'schema': RECORD_SCHEMA, 'paper': {'seed': '001', 'title': 't', 'source': 's'}, 'notebook': 'x', 'profile': 'phantom',
+           'seed': 0, 'setup': f"loss={parameters['loss']}", 'config': {}, 'data': {}, 'results': {}, 'comparisons': {},
+           'headline': {'metric': 'mean_auc', 'value': 0.6 + 0.1 * (parameters['loss'] == 'wfocal'), 'low': 0.5, 'high': 0.8},
+           'versions': {}, 'created': '2026-12-01T00:00:00+00:00'}
+    if parameters['loss'] != 'bce': rec['predictions'] = 'model_a/test.csv'
+    (out / 'metrics.json').write_text(json.dumps(rec))
+
+
+def test_report_reads_the_predictions_a_record_names(tmp_path, monkeypatch):
+    "Defect (seed 001/003/004 grids): the report looked only in `ours/predictions_stage*.csv`; the HAM Table VI grid stopped with no ROC run."
+    from cxr_notebooks.reproduce import grid as G
+    monkeypatch.setattr(G, 'run_reproduction', _fake_run)
+    G.run_grid({'notebook': '002', 'parameters': {'profile': 'smoke'}, 'axes': {'loss': ['bce', 'focal', 'wfocal']}}, tmp_path, workers=1, progress=False)
+    page = write_report(tmp_path).read_text()
+    assert 'ROC curves: loss=wfocal' in page and 'model_a/test.csv' in page
+    dl = delong_between_runs(tmp_path)
+    assert set(map(tuple, dl[['run_a', 'run_b']].to_numpy())) == {('loss=focal', 'loss=wfocal')}
+    with pytest.raises(ValueError, match="roc_run='loss=bce' has no test predictions"):
+        write_report(tmp_path, roc_run='loss=bce')

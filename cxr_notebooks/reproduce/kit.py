@@ -241,6 +241,7 @@ def write_record(run: Run, # the run (paper, cfg, setup)
                  headline: Mapping[str, Any] | None = None, # {'metric', 'value', 'low', 'high'}: the one number a grid shows
                  results: Mapping[str, Any] | None = None, # paper-specific results (per-class AUCs, histories, ...)
                  comparisons: Mapping[str, pd.DataFrame] | None = None, # `paper_vs_reproduced` tables by name
+                 predictions: str | Path | None = None, # the headline model's test prediction CSV (`image`, `y_<label>`, `p_<label>`), for reports
                 ) -> Path:
     "Write `run.out/metrics.json` in the shared schema (atomically) and return its path."
     cfg = {k: v for k, v in vars(run.cfg).items()}
@@ -252,6 +253,10 @@ def write_record(run: Run, # the run (paper, cfg, setup)
                                'caption': df.attrs.get('caption'), 'rows': df.to_dict(orient='records')}
                            for k, df in (comparisons or {}).items()},
            'versions': _versions(), 'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
+    if predictions is not None:
+        f = Path(predictions)
+        if not f.is_file(): raise ValueError(f"predictions={str(f)!r} is not a file; expected the test prediction CSV written by this run")
+        rec['predictions'] = f.resolve().relative_to(Path(run.out).resolve()).as_posix()
     rec = json.loads(json.dumps(rec, default=float, allow_nan=True))
     check_record(rec)
     return atomic_write_text(Path(run.out) / 'metrics.json', json.dumps(rec, indent=1))

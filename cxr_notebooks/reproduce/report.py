@@ -34,8 +34,9 @@ def comparison_table(grid_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 # %% ../../nbs/reproduce/94_report.ipynb #e95b93a1
-def final_predictions(run_dir: str | Path, model: str = 'ours') -> Path | None:
-    "The last stage's prediction CSV of a run folder (`<model>/predictions_stage<k>.csv`, largest k), or None."
+def final_predictions(run_dir: str | Path, model: str = 'ours', record: dict | None = None) -> Path | None:
+    "The test prediction CSV the run's `record` names (`predictions`), else `<model>/predictions_stage<k>.csv` (largest k), or None."
+    if record and record.get('predictions'): return Path(run_dir) / record['predictions']
     files = sorted(Path(run_dir, model).glob('predictions_stage*.csv'), key=lambda p: int(p.stem.removeprefix('predictions_stage')))
     return files[-1] if files else None
 
@@ -47,7 +48,8 @@ def delong_between_runs(grid_dir: str | Path) -> pd.DataFrame:
     "DeLong per class for every pair of finished runs with the same test images: run_a, run_b, n_images, label, auc_a, auc_b, difference, z, p_value."
     preds = {}
     for r in read_grid_status(grid_dir)['runs']:
-        f = final_predictions(r['out_dir']) if _record(r) else None
+        rec = _record(r)
+        f = final_predictions(r['out_dir'], record=rec) if rec else None
         if f is not None: preds[r['name']] = pd.read_csv(f)
     groups: dict[tuple, list[str]] = {}
     for name, p in preds.items(): groups.setdefault(tuple(p['image']), []).append(name)
@@ -157,10 +159,12 @@ def _delong_html(dl: pd.DataFrame) -> list[str]:
 
 def _roc_html(grid_dir: Path, run: dict, record: dict) -> list[str]:
     "ROC curves per class of one run, from its final predictions and the per-class CIs of its record."
-    f = final_predictions(run['out_dir'])
+    f = final_predictions(run['out_dir'], record=record)
     if f is None: raise ValueError(f"roc_run={run['name']!r} has no test predictions in {run['out_dir']}; pick another run")
     pred = pd.read_csv(f); labels = _labels(pred)
-    ci = pd.DataFrame((record.get('results') or {}).get('test_auc') or [], columns=['label', 'auc', 'low', 'high'])
+    auc = (record.get('results') or {}).get('test_auc') or []
+    if isinstance(auc, dict): auc = auc.get((record.get('headline') or {}).get('model'), [])   # per model: the headline's
+    ci = pd.DataFrame(auc, columns=['label', 'auc', 'low', 'high'])
     fig = plot_roc_curves(*prediction_arrays(pred, labels), labels, ci=ci if len(ci) else None)
     return [f"<h2>ROC curves: {html.escape(run['name'])}</h2>", _png(fig),
             f"<p class='caption'>Test predictions {html.escape(str(f.relative_to(grid_dir)))}; setup: {html.escape(str(record['setup']))}.</p>"]
@@ -172,7 +176,8 @@ def write_report(grid_dir: str | Path, roc_run: str | None = None, out_dir: str 
     runs = {r['name']: r for r in status['runs']}
     records = {n: _record(r) for n, r in runs.items()}
     finished = summary[summary['value'].notna()]
-    roc_run = roc_run or (finished.loc[finished['value'].idxmax(), 'run'] if len(finished) else None)
+    with_preds = finished[[final_predictions(runs[r]['out_dir'], record=records[r]) is not None for r in finished['run']]]
+    roc_run = roc_run or (with_preds.loc[with_preds['value'].idxmax(), 'run'] if len(with_preds) else None)   # the best run with predictions
     if roc_run is not None and not records.get(roc_run):
         raise ValueError(f"roc_run={roc_run!r} is not a finished run of this grid; finished: {', '.join(finished['run']) or 'none'}")
     out = Path(out_dir or grid_dir / 'report'); out.mkdir(parents=True, exist_ok=True)
