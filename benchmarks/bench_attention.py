@@ -18,16 +18,15 @@ the rows are fp32 and say so.
     .venv/bin/python benchmarks/bench_attention.py --device cpu --size 32 --batch-size 2 --steps 2 --warmup 1 --models mobilenetv2_100
 """
 from __future__ import annotations
-import argparse, functools, itertools, json, os
+import argparse, functools, itertools, json
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
 
-from bench_train import _rate
+from bench_train import _rate, device_and_machine, timing_arguments
 from cxr_notebooks.core import seed_everything
-from cxr_notebooks.data.datasets import usable_cpus
 from cxr_notebooks.methods.spatial_attention import SEED003_LABELS
 from cxr_notebooks.models.backbones import create_model
 from cxr_notebooks.models.spatial_attention import SA_BACKBONES
@@ -85,16 +84,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument('--seed004', action='store_true', help="seed 004's networks and their ensemble vs a plain ResNet-50 instead")
     ap.add_argument('--size', type=int, default=224, help='image size (default 224)')
     ap.add_argument('--batch-size', type=int, default=32, help='batch size (default 32)')
-    ap.add_argument('--amp', action='store_true', help='autocast (bf16 where supported, else fp16); CUDA only')
-    ap.add_argument('--steps', type=int, default=10, help='timed batches per rate (default 10)')
-    ap.add_argument('--warmup', type=int, default=3, help='untimed batches before each rate (default 3)')
-    ap.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
-    ap.add_argument('--json', type=Path, help='also write the rows and the machine description to this JSON file')
+    timing_arguments(ap, warmup=3, amp=True)
     a = ap.parse_args(argv)
-    device = torch.device(a.device if a.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu'))
-    machine = {'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu', 'cpus': usable_cpus(),
-               'torch_threads': torch.get_num_threads(), 'torch': torch.__version__, 'steps': a.steps, 'warmup': a.warmup,
-               'load_average': os.getloadavg()[0]}
+    device, machine = device_and_machine(a)
     rows = (measure_seed004 if a.seed004 else functools.partial(measure, a.models))(a.size, a.batch_size, device, a.amp, a.warmup, a.steps)
     print(f"Training throughput {'of seed 004' + chr(39) + 's networks' if a.seed004 else 'with and without spatial attention'}, images/second ({machine['device']}, {machine['cpus']} CPUs, "
           f"{machine['torch_threads']} torch threads, {a.steps} timed steps)")

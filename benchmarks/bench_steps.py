@@ -28,7 +28,7 @@ default; AMP does not apply on the CPU, where the rows are fp32 and say so. Weig
     .venv/bin/python benchmarks/bench_steps.py --seed 000 --device cpu --size 64 --batch-size 2 --steps 1 --warmup 1 --backbones resnet50
 """
 from __future__ import annotations
-import argparse, itertools, json, os
+import argparse, itertools, json
 from pathlib import Path
 from typing import Callable
 
@@ -37,9 +37,8 @@ import torch
 from torch import nn
 
 from bench_attention import _precision
-from bench_train import NIH_TRAIN_VAL, _rate
+from bench_train import NIH_TRAIN_VAL, _rate, device_and_machine, timing_arguments
 from cxr_notebooks.core import seed_everything
-from cxr_notebooks.data.datasets import usable_cpus
 from cxr_notebooks.data.labels import NIH_LABELS
 from cxr_notebooks.losses.attention import AttentionLoss
 from cxr_notebooks.methods import ham, lung_attention as la
@@ -144,19 +143,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument('--backbones', nargs='+', help="seed 000: classifiers (default pvt_v2_b2_li vgg16 resnet50); seed 001: HAM's backbone (default resnet50)")
     ap.add_argument('--size', type=int, help="image size (default: the seed's full profile, 224 or 512)")
     ap.add_argument('--batch-size', type=int, help="batch size (default: the seed's full profile, 32 or 24)")
-    ap.add_argument('--amp', action='store_true', help='autocast (bf16 where supported, else fp16); CUDA only')
-    ap.add_argument('--steps', type=int, default=10, help='timed batches per rate (default 10)')
-    ap.add_argument('--warmup', type=int, default=3, help='untimed batches before each rate (default 3)')
-    ap.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
-    ap.add_argument('--json', type=Path, help='also write the rows and the machine description to this JSON file')
+    timing_arguments(ap, warmup=3, amp=True)
     a = ap.parse_args(argv)
     measure, default_backbones, title, legend = SEEDS[a.seed]
     full = (la if a.seed == '000' else ham).PROFILES['full']
     size, batch_size = a.size or full['image_size'], a.batch_size or full['batch_size']
-    device = torch.device(a.device if a.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu'))
-    machine = {'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu', 'cpus': usable_cpus(),
-               'torch_threads': torch.get_num_threads(), 'torch': torch.__version__, 'steps': a.steps, 'warmup': a.warmup,
-               'load_average': os.getloadavg()[0]}
+    device, machine = device_and_machine(a)
     rows = measure(a.backbones or default_backbones, size, batch_size, device, a.amp, a.warmup, a.steps)
     print(f"{title}, images/second ({machine['device']}, {machine['cpus']} CPUs, {machine['torch_threads']} torch threads, "
           f"load average {machine['load_average']:.1f}, torch {torch.__version__}, {a.steps} timed steps after {a.warmup})")

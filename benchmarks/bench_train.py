@@ -95,21 +95,32 @@ def measure(sizes: list[int], batch_size: int, steps: int, device: torch.device,
     return rows
 
 
+def timing_arguments(ap: argparse.ArgumentParser, warmup: int, amp: bool = False) -> None:
+    "The options every benchmark here shares: --steps, --warmup, --device, --json (and --amp where asked)."
+    if amp: ap.add_argument('--amp', action='store_true', help='autocast (bf16 where supported, else fp16); CUDA only')
+    ap.add_argument('--steps', type=int, default=10, help='timed batches per rate (default 10)')
+    ap.add_argument('--warmup', type=int, default=warmup, help=f'untimed batches before each rate (default {warmup})')
+    ap.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
+    ap.add_argument('--json', type=Path, help='also write the rows and the machine description to this JSON file')
+
+
+def device_and_machine(a: argparse.Namespace, **extra) -> tuple[torch.device, dict]:
+    "The device `--device` names and the machine's description (device, CPUs, torch threads and version, load) for the printout and JSON."
+    device = torch.device(a.device if a.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu'))
+    return device, {'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu', 'cpus': usable_cpus(),
+                    'torch_threads': torch.get_num_threads(), 'torch': torch.__version__, **extra, 'steps': a.steps,
+                    'warmup': a.warmup, 'load_average': os.getloadavg()[0]}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--sizes', type=int, nargs='+', default=[224, 512], help='image sizes (default 224 512)')
     ap.add_argument('--batch-size', type=int, default=16, help='batch size (default 16)')
-    ap.add_argument('--steps', type=int, default=10, help='timed batches per rate (default 10)')
-    ap.add_argument('--warmup', type=int, default=2, help='untimed batches before each rate (default 2)')
-    ap.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
     ap.add_argument('--num-workers', default='auto', help="loader workers: an int or 'auto' (make_dataloader's choice)")
-    ap.add_argument('--json', type=Path, help='also write the rows and the machine description to this JSON file')
+    timing_arguments(ap, warmup=2)
     a = ap.parse_args(argv)
-    device = torch.device(a.device if a.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu'))
     workers = a.num_workers if a.num_workers == 'auto' else int(a.num_workers)
-    machine = {'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
-               'cpus': usable_cpus(), 'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,
-               'num_workers': workers, 'steps': a.steps, 'warmup': a.warmup, 'load_average': os.getloadavg()[0]}
+    device, machine = device_and_machine(a, num_workers=workers)
     rows = measure(a.sizes, a.batch_size, a.steps, device, workers, a.warmup)
     df = pd.DataFrame(rows)
     print(f"DenseNet-121 training throughput, images/second ({machine['device']}, {machine['cpus']} CPUs, "
