@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 from cxr_notebooks.core import CXRDataError
-from cxr_notebooks.metrics.early_lift import early_lift_table, micro_auroc, sensitivity_at_fpr, standardized_partial_auc
+from cxr_notebooks.metrics.classification import bootstrap_ci
+from cxr_notebooks.metrics.early_lift import early_lift_table, micro_auroc, micro_auroc_ci, micro_auroc_difference_ci, sensitivity_at_fpr, standardized_partial_auc
 
 
 @pytest.fixture(scope='module')
@@ -24,6 +25,34 @@ def test_micro_auroc_is_sklearns_micro_average_and_skips_unknown():
     assert micro_auroc(yn, p) == pytest.approx(roc_auc_score(yn[keep], p[keep]), abs=1e-12)
     with pytest.raises(CXRDataError, match='positives and negatives'): micro_auroc(np.zeros((3, 2)), np.ones((3, 2)))
     with pytest.raises(CXRDataError, match='shape'): micro_auroc(np.zeros((3, 2)), np.ones((3, 3)))
+
+
+@pytest.mark.parametrize('groups', [None, np.arange(300) // 3])
+def test_micro_auroc_ci_is_the_generic_bootstrap_vectorised(groups):
+    "Same resamples (images, or patients) as `bootstrap_ci(metric=micro_auroc)`, so the same CI, through the vectorised AUROC path."
+    rng = np.random.default_rng(2)
+    y = (rng.random((300, 4)) < 0.2).astype(float); p = rng.random((300, 4)) + 0.4 * y
+    y[:30, 1] = np.nan   # unknown labels are left out pair by pair
+    slow, fast = bootstrap_ci(y, p, micro_auroc, 60, 3, groups), micro_auroc_ci(y, p, 60, 3, groups)
+    assert fast.value == pytest.approx(micro_auroc(y, p), abs=1e-12)
+    assert fast == pytest.approx(slow, abs=1e-12) and fast.low < fast.value < fast.high
+    with pytest.raises(CXRDataError, match='one patient id per image'): micro_auroc_ci(y, p, 5, groups=np.arange(4))
+    with pytest.raises(CXRDataError, match='positives and negatives'): micro_auroc_ci(np.zeros((3, 2)), np.ones((3, 2)), 5)
+
+
+@pytest.mark.parametrize('groups', [None, np.arange(300) // 3])
+def test_micro_auroc_difference_ci_is_the_paired_generic_bootstrap(groups):
+    "b minus a on the same images, both under each resample: the generic bootstrap of the difference, vectorised."
+    rng = np.random.default_rng(4)
+    y = (rng.random((300, 3)) < 0.25).astype(float); a = rng.random((300, 3)) + 0.2 * y; b = a + 0.3 * y * rng.random((300, 3))
+    y[:20, 0] = np.nan
+    k = y.shape[1]
+    diff = lambda yt, ys: micro_auroc(yt[:, :k], ys[:, k:]) - micro_auroc(yt[:, :k], ys[:, :k])
+    slow = bootstrap_ci(np.hstack([y, y]), np.hstack([a, b]), diff, 60, 5, groups)
+    fast = micro_auroc_difference_ci(y, a, b, 60, 5, groups)
+    assert fast.value == pytest.approx(micro_auroc(y, b) - micro_auroc(y, a), abs=1e-12)
+    assert fast == pytest.approx(slow, abs=1e-12) and 0 < fast.low < fast.value < fast.high
+    with pytest.raises(CXRDataError, match='shape'): micro_auroc_difference_ci(y, a, b[:, :2], 5)
 
 
 def test_sensitivity_at_fpr_on_a_hand_checked_curve():
@@ -86,6 +115,8 @@ def test_early_lift_table_values_cis_and_missing_classes():
     assert w.loc['b', 'sens@fpr0.1'] == pytest.approx(sensitivity_at_fpr(Y[4:, 1], S[4:, 1], 0.1))
     assert w.loc['a', 'spauc@0.1'] == pytest.approx(standardized_partial_auc(Y[:, 0], S[:, 0], 0.1))
     assert w.loc['micro', 'auc'] == pytest.approx(micro_auroc(Y, S))
+    micro_ci = t.query("label == 'micro' and metric == 'auc'")[['value', 'low', 'high']].iloc[0].tolist()
+    assert micro_ci == pytest.approx(list(micro_auroc_ci(Y, S, 40, 1, np.arange(n) // 3)[:3]), abs=1e-12)   # images' patients resampled
     assert w.loc['b', 'spauc@0.1'] > w.loc['a', 'spauc@0.1']
     ok = t.dropna(subset=['value'])
     assert (ok['low'] <= ok['value']).all() and (ok['value'] <= ok['high']).all()

@@ -52,6 +52,15 @@ def test_loss_weights_are_the_reports_and_absent_classes_get_one():
     assert loss.w_pos.tolist() == pytest.approx([7 / (3 + 1e-5), 1.0])
 
 
+def test_loss_warning_says_the_weight_it_uses():
+    "A class without training positives is warned about with the weight the loss gives it (1), not the formula's n/eps."
+    with pytest.warns(UserWarning) as rec:
+        loss = de.seed004_loss(_table({'A': 3, 'B': 0}, 10), ['A', 'B'])
+    msgs = [str(w.message) for w in rec]
+    assert len(msgs) == 1 and "['B']" in msgs[0] and 'pos_weight 1' in msgs[0] and 'n/eps' not in msgs[0]
+    assert loss.w_pos.tolist() == pytest.approx([7 / (3 + 1e-5), 1.0])
+
+
 def _batch(n=4, classes=6, rare=(1, 4)):
     y = torch.zeros(n, classes); y[0, rare[0]] = 1; y[1, rare[1]] = 1; y[2, 0] = 1
     return dict(image=torch.randn(n, 3, 32, 32), label=y, label_mask=torch.ones(n, classes), index=torch.arange(n))

@@ -7,6 +7,7 @@ import yaml
 from cxr_notebooks.core import CXRDataError, embedded_data_dir
 from cxr_notebooks.data.labels import NIH_LABELS
 from cxr_notebooks.methods import spatial_attention as sa
+from cxr_notebooks.metrics.classification import bootstrap_ci
 from cxr_notebooks.metrics.early_lift import micro_auroc
 from cxr_notebooks.reproduce.reference import reference_table, reference_values
 
@@ -85,10 +86,17 @@ def test_micro_auc_gain_and_paper_comparison():
     assert list(micro['model']) == ['mobilenetv2_100', 'mobilenetv2_100_sa'] and list(micro['attention']) == [False, True]
     y = preds['mobilenetv2_100'][[f'y_{l}' for l in labels]].to_numpy()
     assert micro['micro_auc'].iloc[1] == pytest.approx(micro_auroc(y, preds['mobilenetv2_100_sa'][[f'p_{l}' for l in labels]].to_numpy()))
+    p0 = preds['mobilenetv2_100'][[f'p_{l}' for l in labels]].to_numpy()   # the CI: patient-level, the generic bootstrap's resamples
+    slow = bootstrap_ci(y, p0, micro_auroc, 60, 0, groups=preds['mobilenetv2_100']['patient_id'].to_numpy())
+    assert micro.iloc[0][['micro_auc', 'low', 'high']].tolist() == pytest.approx(list(slow[:3]), abs=1e-12)
     gains = sa.attention_gain_table(preds, labels, n_bootstrap=60)
     g = gains.iloc[0]
     assert g['gain'] == pytest.approx(micro['micro_auc'].iloc[1] - micro['micro_auc'].iloc[0]) and g['low'] <= g['gain'] <= g['high']
     assert g['low'] > 0   # the paired CI sees the stronger signal
+    p1, k = preds['mobilenetv2_100_sa'][[f'p_{l}' for l in labels]].to_numpy(), len(labels)   # the generic paired bootstrap's CI
+    paired = bootstrap_ci(np.hstack([y, y]), np.hstack([p0, p1]), lambda yt, ys: micro_auroc(yt[:, :k], ys[:, k:]) - micro_auroc(yt[:, :k], ys[:, :k]),
+                          60, 0, groups=preds['mobilenetv2_100']['patient_id'].to_numpy())
+    assert [g['gain'], g['low'], g['high']] == pytest.approx(list(paired[:3]), abs=1e-12)
     cmp = sa.paper_comparison(micro, gains, {'MobileNetV2': 0.818, 'Attention MobileNetV2': 0.826}, 'seed 003, abstract', 'setup X')
     assert list(cmp['row']) == ['without attention', 'with attention', 'gain']
     assert cmp['paper'].tolist() == pytest.approx([0.818, 0.826, 0.008])

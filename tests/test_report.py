@@ -2,10 +2,13 @@
 real seed 002 grid (the session fixture smoke_grid) to PNG and dumps its DOM; no console error, no broken image, no
 external resource, and the tables show the runs, their headline numbers with CIs and the paper's column."""
 import json, re
+from pathlib import Path
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from cxr_notebooks.reproduce.grid import grid_summary
+from cxr_notebooks.reproduce.kit import RECORD_SCHEMA
 from cxr_notebooks.reproduce.report import comparison_table, delong_between_runs, write_report
 from conftest import browse, console_errors
 
@@ -80,14 +83,11 @@ def test_report_renders_in_chromium(chromium, smoke_grid, tmp_path):
 
 
 def _fake_run(name, out_dir, parameters, **kw):
-    "A finished run without a notebook: metrics.json in the shared schema; `with_predictions` runs name theirs (not under ours/)."
-    from pathlib import Path
-    from cxr_notebooks.reproduce.kit import RECORD_SCHEMA
+    "A finished run without a notebook: metrics.json in the shared schema; every run but loss=bce names its predictions (not under ours/)."
     out = Path(out_dir); (out / 'model_a').mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(len(parameters['loss']))
     y = np.array([0, 1] * 10)
-    pd_ = __import__('pandas')
-    pd_.DataFrame({'image': [f'i{k}' for k in range(20)], 'patient_id': range(20), 'y_Effusion': y,
+    pd.DataFrame({'image': [f'i{k}' for k in range(20)], 'patient_id': range(20), 'y_Effusion': y,
                    'p_Effusion': np.clip(y * 0.3 + rng.random(20) * 0.7, 0, 1)}).to_csv(out / 'model_a' / 'test.csv', index=False)
     rec = {'schema': RECORD_SCHEMA, 'paper': {'seed': '001', 'title': 't', 'source': 's'}, 'notebook': 'x', 'profile': 'phantom',
            'seed': 0, 'setup': f"loss={parameters['loss']}", 'config': {}, 'data': {}, 'results': {}, 'comparisons': {},

@@ -16,7 +16,7 @@ from ..data.cache import ImageCache
 from ..data.contract import BOX_COLUMNS
 from ..data.datasets import default_transforms, make_dataloader, read_image
 from ..data.preprocess import Resize
-from ..metrics.classification import bootstrap_ci, delong_test, macro_auroc, per_class_auroc_ci
+from ..metrics.classification import delong_test, macro_auroc_ci, per_class_auroc_ci
 from ..train.learner import predict
 from ..train.stages import stage_dataset
 
@@ -69,8 +69,7 @@ def mean_auc_ci(pred: pd.DataFrame, labels: Sequence[str], n_bootstrap: int = 10
     y, p = prediction_arrays(pred, labels)
     both = [k for k in range(y.shape[1]) if len(np.unique(y[~np.isnan(y[:, k]), k])) == 2]
     if not both: raise CXRDataError(f"no label has both positive and negative test images among {len(pred)}; no AUROC to report")
-    ci = bootstrap_ci(y[:, both], p[:, both], lambda yt, ys: macro_auroc(yt, ys, skip_single_class=True), n_resamples=n_bootstrap,
-                      seed=seed, groups=pred['patient_id'].to_numpy(), confidence=confidence)
+    ci = macro_auroc_ci(y[:, both], p[:, both], n_bootstrap, seed, pred['patient_id'].to_numpy(), confidence)
     return {'metric': 'mean_auc', 'value': float(ci.value), 'low': float(ci.low), 'high': float(ci.high), 'n_classes': len(both)}
 
 # %% ../../nbs/eval/60_predictions.ipynb #78d10183

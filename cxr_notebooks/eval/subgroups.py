@@ -8,8 +8,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from ..core import CXRDataError, require_columns
-from .predictions import prediction_arrays
-from ..metrics.thresholds import thresholded_metrics
+from .predictions import mean_auc_ci, prediction_arrays
 
 # %% auto #0
 __all__ = ['ATTRIBUTE_ALIASES', 'SUBGROUP_COLUMNS', 'subgroup_table']
@@ -44,9 +43,8 @@ def _mean_auc_row(pred: pd.DataFrame, labels: Sequence[str], n_bootstrap: int, s
     row = {'images': len(pred), 'patients': pred['patient_id'].nunique(), 'mean_auc': np.nan, 'low': np.nan, 'high': np.nan,
            'n_classes': sum(both), 'n_skipped': len(skipped), 'skipped': ', '.join(skipped)}
     if any(both):
-        tab = thresholded_metrics(y[:, both], p[:, both], 0.5, [l for l, b in zip(labels, both) if b], n_bootstrap, seed,
-                                  groups=pred['patient_id'].to_numpy(), confidence=confidence)
-        row.update(zip(('mean_auc', 'low', 'high'), tab.iloc[-2][['auroc', 'auroc_low', 'auroc_high']]))  # the macro row
+        ci = mean_auc_ci(pred, [l for l, b in zip(labels, both) if b], n_bootstrap, seed, confidence)
+        row.update(mean_auc=ci['value'], low=ci['low'], high=ci['high'])
     return row
 
 def subgroup_table(pred: pd.DataFrame,                   # prediction table (`predict_table`): image, patient_id, y_/p_<label>

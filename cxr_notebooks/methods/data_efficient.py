@@ -4,7 +4,7 @@
 
 # %% ../../nbs/methods/84_data_efficient.ipynb #96fc9d99
 from __future__ import annotations
-import copy, functools
+import copy, functools, warnings
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 import numpy as np
@@ -17,7 +17,7 @@ from ..data.contract import BOX_COLUMNS
 from ..data.datasets import CXRDataset, default_transforms, make_dataloader
 from ..data.preprocess import PreprocessChain, seed004_augmentation, seed004_preprocess
 from ..eval.predictions import prediction_arrays
-from ..losses.classification import WeightedBCELoss, inverse_frequency_pos_weight, label_counts
+from ..losses.classification import WeightedBCELoss, inverse_frequency_weights, label_counts
 from ..metrics.thresholds import choose_thresholds, thresholded_metrics
 from ..models.backbones import create_model
 from ..models.data_efficient import ProbabilityEnsemble, trainable_parameters
@@ -74,17 +74,25 @@ def rare_labels(train: pd.DataFrame, # the training image table
     return rare
 
 # %% ../../nbs/methods/84_data_efficient.ipynb #41934967
+def _seed004_pos_weight(counts: pd.DataFrame) -> pd.Series:
+    "`(n - P) / (P + 1e-5)` per label of `label_counts`, and 1 (with a warning saying so) for a label without training positives."
+    empty = counts['pos'] == 0
+    if empty.any():
+        warnings.warn(f"class(es) {counts.index[empty].tolist()} have no positive training image: pos_weight 1 for them "
+                      f"(the report's (n - P)/(P + 1e-5) would give n/1e-5 and let them dominate the validation loss)")
+    w = pd.Series(1.0, index=counts.index, name='pos_weight')
+    if not empty.all(): w[~empty] = inverse_frequency_weights(counts['pos'][~empty], counts['n'][~empty])
+    return w
+
 def seed004_loss(train: pd.DataFrame, labels: Sequence[str]) -> nn.Module:
     "Seed 004's weighted BCE with `pos_weight = (n - P) / (P + 1e-5)` from `train` (1 for a class without training positives)."
-    w = inverse_frequency_pos_weight(train, labels, on_empty='warn')
-    return WeightedBCELoss(w_pos=w.where(label_counts(train, labels)['pos'] > 0, 1.0).to_numpy(), w_neg=1.0)
+    return WeightedBCELoss(w_pos=_seed004_pos_weight(label_counts(train, labels)).to_numpy(), w_neg=1.0)
 
 def pos_weight_table(train: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
     "Positives, images and `pos_weight` per label of `train`, beside the report's (§4.2.1: Hernia; a 50–66 range for three classes)."
     c = label_counts(train, labels)
-    w = seed004_loss(train, labels).w_pos.cpu().numpy()
     report = {l: (f'{v[0]}–{v[1]}' if isinstance(v, tuple) else f'{v:.4f}') for l, v in REPORT['pos_weight'][0].items()}
-    return c.assign(pos_weight=w, report=pd.Series(report).reindex(c.index).fillna(''))
+    return c.assign(pos_weight=_seed004_pos_weight(c), report=pd.Series(report).reindex(c.index).fillna(''))
 
 # %% ../../nbs/methods/84_data_efficient.ipynb #9cf96547
 MODELS: dict[str, str] = {'advanced_resnet': 'advanced_resnet50', 'chest_xray_attention': 'chest_xray_attention_net',

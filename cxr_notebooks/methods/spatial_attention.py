@@ -14,8 +14,7 @@ from ..core import CXRDataError
 from ..data.labels import NIH_LABELS, canonical_label
 from ..eval.paper import PaperColumn
 from ..eval.predictions import prediction_arrays
-from ..metrics.classification import bootstrap_ci
-from ..metrics.early_lift import early_lift_table, micro_auroc
+from ..metrics.early_lift import early_lift_table, micro_auroc, micro_auroc_ci, micro_auroc_difference_ci
 from ..models.spatial_attention import SA_BACKBONES
 
 # %% auto #0
@@ -92,7 +91,7 @@ def micro_auc_table(preds: Mapping[str, pd.DataFrame], # model name -> predictio
     rows = []
     for m, pred in preds.items():
         y, p = prediction_arrays(pred, labels)
-        ci = bootstrap_ci(y, p, micro_auroc, n_bootstrap, seed, groups=pred['patient_id'].to_numpy())
+        ci = micro_auroc_ci(y, p, n_bootstrap, seed, groups=pred['patient_id'].to_numpy())
         rows.append((m, _backbone(m), m.endswith('_sa'), ci.value, ci.low, ci.high))
     return pd.DataFrame(rows, columns=['model', 'backbone', 'attention', 'micro_auc', 'low', 'high'])
 
@@ -102,14 +101,13 @@ def attention_gain_table(preds: Mapping[str, pd.DataFrame], # model name -> pred
                          seed: int = 0, # bootstrap seed
                         ) -> pd.DataFrame:
     "Per backbone with both models: micro-AUC without and with attention, the gain and its paired bootstrap CI."
-    rows, k = [], len(labels)
+    rows = []
     for b in dict.fromkeys(_backbone(m) for m in preds):
         if b not in preds or f'{b}_sa' not in preds: continue
         plain, sa = preds[b], preds[f'{b}_sa']
         if list(plain['image']) != list(sa['image']): raise CXRDataError(f"{b} and {b}_sa were tested on different images; the gain needs the same ones")
         (y, p0), (_, p1) = prediction_arrays(plain, labels), prediction_arrays(sa, labels)
-        gain = lambda yt, ys: micro_auroc(yt[:, :k], ys[:, k:]) - micro_auroc(yt[:, :k], ys[:, :k])
-        ci = bootstrap_ci(np.hstack([y, y]), np.hstack([p0, p1]), gain, n_bootstrap, seed, groups=plain['patient_id'].to_numpy())
+        ci = micro_auroc_difference_ci(y, p0, p1, n_bootstrap, seed, groups=plain['patient_id'].to_numpy())
         rows.append((b, micro_auroc(y, p0), micro_auroc(y, p1), ci.value, ci.low, ci.high))
     return pd.DataFrame(rows, columns=['backbone', 'micro_auc_without', 'micro_auc_with', 'gain', 'low', 'high'])
 

@@ -15,8 +15,8 @@ from ..core import CXRDataError
 # %% auto #0
 __all__ = ['REPORT_COLUMNS', 'SEED000_METRICS', 'per_class_auroc', 'macro_auroc', 'classification_report_table', 'youden_index',
            'discriminant_power', 'binary_confusion_metrics', 'one_vs_rest_metrics', 'confusion_metrics',
-           'column_thresholds', 'youden_threshold', 'CI', 'bootstrap_ci', 'per_class_auroc_ci', 'DeLongResult',
-           'delong_auc_cov', 'delong_test', 'delong_ci']
+           'column_thresholds', 'youden_threshold', 'CI', 'bootstrap_ci', 'per_class_auroc_ci', 'macro_auroc_ci',
+           'DeLongResult', 'delong_auc_cov', 'delong_test', 'delong_ci']
 
 # %% ../../nbs/metrics/20_classification.ipynb #2d1d37ad
 def _check_labels(y_true: np.ndarray) -> None:
@@ -272,6 +272,18 @@ def per_class_auroc_ci(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence
     rows = [(name, *(_percentile_ci(a, np.concatenate(s), confidence) if s else CI(np.nan, np.nan, np.nan, n_resamples)))
             for (name, a), s in zip(auc.items(), stats)]
     return pd.DataFrame(rows, columns=['label', 'auc', 'low', 'high', 'n_skipped'])
+
+def macro_auroc_ci(y_true: np.ndarray, y_score: np.ndarray, n_resamples: int = 1000, seed: int = 0,
+                   groups: Sequence | None = None, confidence: float = 0.95) -> CI:
+    "`macro_auroc` (single-class columns skipped, in the data and in each resample) with a vectorised percentile bootstrap CI."
+    _check_bootstrap_args(n_resamples, confidence)
+    yt, ys = _check_scores(y_true, y_score)
+    stats = []
+    for counts in _bootstrap_counts(len(yt), n_resamples, seed, groups):
+        a = np.stack([_weighted_auroc(yt[:, k] == 1, ys[:, k], counts) for k in range(yt.shape[1])], axis=1)
+        n = np.isfinite(a).sum(1)
+        stats.append(np.where(n > 0, np.nansum(a, 1) / np.maximum(n, 1), np.nan))
+    return _percentile_ci(macro_auroc(yt, ys, skip_single_class=True), np.concatenate(stats), confidence)
 
 # %% ../../nbs/metrics/20_classification.ipynb #122be80c
 class DeLongResult(NamedTuple):

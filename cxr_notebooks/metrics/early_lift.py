@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 from ..core import CXRDataError
-from .classification import _check_scores, bootstrap_ci
+from .classification import (CI, _bootstrap_counts, _check_bootstrap_args, _check_scores, _percentile_ci,
+                                                _weighted_auroc, bootstrap_ci)
 
 # %% auto #0
-__all__ = ['micro_auroc', 'sensitivity_at_fpr', 'standardized_partial_auc', 'early_lift_table']
+__all__ = ['micro_auroc', 'micro_auroc_ci', 'micro_auroc_difference_ci', 'sensitivity_at_fpr', 'standardized_partial_auc',
+           'early_lift_table']
 
 # %% ../../nbs/metrics/22_early_lift.ipynb #fc342f3a
 def micro_auroc(y_true: np.ndarray, y_score: np.ndarray) -> float:
@@ -23,6 +25,43 @@ def micro_auroc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     yt, ys = _check_scores(yt[keep], ys[keep])
     if len(np.unique(yt)) < 2: raise CXRDataError(f"the {len(yt)} known labels are all {yt[0, 0]:g}; micro-AUROC needs positives and negatives")
     return float(roc_auc_score(yt[:, 0], ys[:, 0]))
+
+def _pair_units(yt: np.ndarray, groups: Sequence | None) -> tuple[np.ndarray, np.ndarray]:
+    "The known (not NaN) pairs of the 2-D labels `yt` (a mask) and each one's resampling unit: its image, or its patient (`groups`)."
+    units = np.arange(len(yt)) if groups is None else np.asarray(groups)
+    if len(units) != len(yt): raise CXRDataError(f"groups has {len(units)} values for {len(yt)} images; expected one patient id per image")
+    keep = ~np.isnan(yt)
+    return keep, np.broadcast_to(units[:, None], yt.shape)[keep]
+
+def micro_auroc_ci(y_true: np.ndarray, y_score: np.ndarray, n_resamples: int = 1000, seed: int = 0,
+                   groups: Sequence | None = None, confidence: float = 0.95) -> CI:
+    "`micro_auroc` with a percentile bootstrap CI resampling images (patients when `groups`, one id per image), vectorised."
+    yt, ys = np.asarray(y_true, dtype=float), np.asarray(y_score, dtype=float)
+    value = micro_auroc(yt, ys)   # checks shapes, labels and scores
+    yt, ys = yt.reshape(len(yt), -1), ys.reshape(len(ys), -1)
+    keep, units = _pair_units(yt, groups)
+    return bootstrap_ci(yt[keep], ys[keep], 'auroc', n_resamples, seed, units, confidence)._replace(value=value)
+
+def micro_auroc_difference_ci(y_true: np.ndarray, # (N, K) 0/1 labels (NaN: unknown, left out)
+                              score_a: np.ndarray, # (N, K) scores of model a (e.g. without attention)
+                              score_b: np.ndarray, # (N, K) scores of model b on the same images
+                              n_resamples: int = 1000, # bootstrap resamples
+                              seed: int = 0, # bootstrap seed
+                              groups: Sequence | None = None, # patient ids (one per image) for a patient-level bootstrap
+                              confidence: float = 0.95, # CI level
+                             ) -> CI:
+    "micro-AUROC of b minus a on the same images, with a paired percentile bootstrap CI (both models under each resample), vectorised."
+    _check_bootstrap_args(n_resamples, confidence)
+    yt, a, b = (np.asarray(v, dtype=float) for v in (y_true, score_a, score_b))
+    if a.shape != b.shape: raise CXRDataError(f"score_a has shape {a.shape} but score_b has {b.shape}; expected one score per (image, class) from each model")
+    value = micro_auroc(yt, b) - micro_auroc(yt, a)   # checks shapes, labels and scores
+    yt, a, b = (v.reshape(len(v), -1) for v in (yt, a, b))
+    keep, units = _pair_units(yt, groups)
+    pos, a, b = yt[keep] == 1, a[keep], b[keep]
+    stats = np.concatenate([_weighted_auroc(pos, b, c) - _weighted_auroc(pos, a, c)
+                            for c in _bootstrap_counts(len(pos), n_resamples, seed, units)])
+    return _percentile_ci(value, stats, confidence)
+
 
 # %% ../../nbs/metrics/22_early_lift.ipynb #ca47d045
 def _roc_points(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,11 +126,10 @@ def early_lift_table(y_true: np.ndarray, # (N, K) 0/1 labels (NaN: unknown, left
         keep = ~np.isnan(y).all(1)
         known = y[~np.isnan(y)]
         both = len(np.unique(known)) == 2
-        if name == 'micro': metrics_here = {**metrics, 'auc': micro_auroc}
-        else: metrics_here = metrics
-        for mname, fn in metrics_here.items():
+        g = None if groups is None else np.asarray(groups)[keep]
+        for mname, fn in ({**metrics, 'auc': None} if name == 'micro' else metrics).items():
             if not both: rows.append((name, mname, np.nan, np.nan, np.nan, n_resamples)); continue
-            ci = bootstrap_ci(y[keep], s[keep], (lambda a, b, fn=fn: _known(fn, a, b)), n_resamples, seed,
-                              None if groups is None else np.asarray(groups)[keep], confidence)
+            ci = (micro_auroc_ci(y[keep], s[keep], n_resamples, seed, g, confidence) if fn is None else
+                  bootstrap_ci(y[keep], s[keep], (lambda a, b, fn=fn: _known(fn, a, b)), n_resamples, seed, g, confidence))
             rows.append((name, mname, ci.value, ci.low, ci.high, ci.n_skipped))
     return pd.DataFrame(rows, columns=['label', 'metric', 'value', 'low', 'high', 'n_skipped'])

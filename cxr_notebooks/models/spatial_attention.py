@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import timm
 from timm.layers.cbam import SpatialAttn
 from timm.models import register_model
-from .backbones import create_model, register_backbone, target_layer
+from .backbones import create_model, register_backbone
 
 # %% auto #0
 __all__ = ['SA_BACKBONES', 'SA_STAGES', 'SA_KERNEL_SIZE', 'default_cfgs', 'StageAttentionHook', 'add_spatial_attention',
