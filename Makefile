@@ -8,12 +8,12 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 RUN ?= runs/demo
 
-.PHONY: install test demo bench docs browser clean-nbs
+.PHONY: install test demo lab bench docs browser clean-nbs
 
 $(VENV)/.installed: settings.ini setup.py
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,xrv]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
 	@touch $@
 
 install: $(VENV)/.installed
@@ -24,11 +24,15 @@ browser:
 	  || { echo "install Chromium (Debian: apt-get install chromium) for the browser tests"; exit 1; }
 
 test: $(VENV)/.installed browser
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=20 tests
 	$(BIN)/nbdev_test --n_workers 2 --timing --flags slow
 
 demo: $(VENV)/.installed
 	$(BIN)/cxr-reproduce demo --out $(RUN)
+
+# JupyterLab on the notebooks (the `lab` extra, part of `dev`); the kernel is this venv's `python3`.
+lab: $(VENV)/.installed
+	$(BIN)/jupyter lab nbs/
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_cache.py

@@ -20,7 +20,13 @@ statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Produ
 py_versions = '3.10 3.11 3.12 3.13'.split()
 
 requirements = shlex.split(cfg.get('requirements', ''))
-dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
+# Every `<name>_requirements` line of settings.ini is an extra; `dev` also pulls `lab`, `grid` and `xrv` (the tests use them).
+extras = {k[:-len('_requirements')]: shlex.split(v) for k, v in cfg.items() if k.endswith('_requirements') and k != 'requirements'}
+extras['dev'] = sorted({r for k in ('lab', 'grid', 'xrv', 'dev') for r in extras.get(k, [])})
+lib = cfg['lib_name']
+# What the package needs at run time ships inside it (found by `cxr_notebooks.core.resource_dir`): the embedded
+# data, the reproduction notebooks and the grid specs, mapped from the repository's top-level folders.
+shipped = {f'{lib}._data': 'data', f'{lib}._repro': 'nbs/repro', f'{lib}._grids': 'grids'}
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 min_python = cfg['min_python']
 console_scripts = cfg.get('console_scripts', '').split()
@@ -35,10 +41,11 @@ setuptools.setup(
     ] + ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]]
       + (['License :: ' + lic[1]] if lic[1] else []),
     url=cfg['git_url'],
-    packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
-    include_package_data=True,
+    packages=setuptools.find_packages(include=[lib, lib + '.*']) + list(shipped),
+    package_dir={k: v for k, v in shipped.items()},
+    package_data={f'{lib}._data': ['**/*'], f'{lib}._repro': ['*.ipynb'], f'{lib}._grids': ['*.yaml']},
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'xrv': shlex.split(cfg.get('xrv_requirements', ''))},
+    extras_require=extras,
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

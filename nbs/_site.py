@@ -1,16 +1,26 @@
 """Build the documentation site into `_docs/` from the notebooks in `nbs/`: `nbdev_docs` (Quarto) where the
 `quarto` binary exists, else the same pages offline without Quarto: nbdev's own notebook processing
-(`proc_nbs`: directives, `show_doc` of every export; the reproduction notebooks are shown, never executed),
-then nbconvert HTML with the sidebar of `nbs/sidebar.yml`. `pip install quarto-cli` downloads Quarto from
+(directives, `show_doc` of every export), with every library notebook EXECUTED as `nbdev_test` runs it (cells
+flagged `slow` and `#| eval: false` skipped) so the pages show their outputs and figures, and each reproduction
+notebook rendered from a run at its smallest setting (`cxr-reproduce run NNN` with the notebook's declared
+`smallest` parameters; the run folders are kept in DIR/../_repro_runs and resumed by the next build), then
+nbconvert HTML with the sidebar of `nbs/sidebar.yml`. nbdev's front matter takes a notebook's whole first
+cell; here it takes only the title and the `>` description, and the rest of that cell (the reproduction
+notebooks' paper, claim, profiles and badge) stays on the page. `pip install quarto-cli` downloads Quarto from
 GitHub while it installs, so it does not install offline; this fallback needs nothing beyond the dev extra.
 
-Usage: python nbs/_site.py [--no-quarto] [--strict] [--out DIR]  (DIR default: _docs; nbdev's processed notebooks go to DIR/../_proc)  (from the repository root; `make docs`)."""
+Usage: python nbs/_site.py [--no-quarto] [--strict] [--out DIR] [--exec GLOBS] [--repro SEEDS]  (from the repository
+root; `make docs`). DIR default: _docs (nbdev's processed notebooks go to DIR/../_proc). GLOBS: comma-separated
+page globs of the library notebooks to execute (default `*`: all; `none`: show them unexecuted). SEEDS:
+comma-separated reproduction notebooks to run (default: all; `none`: show them unexecuted). A page that fails
+to execute is shown unexecuted with a warning (`--strict`: the build fails)."""
 from __future__ import annotations
-import html, os, re, shutil, subprocess, sys, warnings
+import fnmatch, html, os, re, shutil, subprocess, sys, time, warnings
 from pathlib import Path
 
 import nbformat, yaml
-from execnb.nbio import read_nb, write_nb
+from execnb.nbio import mk_cell, read_nb, write_nb
+from fastcore.xtras import working_directory
 from nbconvert import HTMLExporter
 from nbconvert.preprocessors import TagRemovePreprocessor
 from nbdev.config import get_config
@@ -60,33 +70,80 @@ color:#2c6ca3}body{margin-left:18rem!important}div.description{font-style:italic
 
 
 class _NoShowDocExec(FilterDefaults):
-    "nbdev's processors less `exec_show_docs`: the page keeps its prose and code, without rendered API signatures."
+    "nbdev's processors less `exec_show_docs`: the page keeps its prose and code (and any outputs it has), without rendered API signatures."
     def base_procs(self): return [p for p in super().base_procs() if p is not exec_show_docs]
 
 
-def process(nbs: Path, cache: Path, pages: list[str]) -> dict[str, str]:
-    "nbdev's docs processing of each page into `cache`; returns {page: error} for pages whose show_doc cells could not run."
+class _exec_all(exec_show_docs):
+    "Execute every code cell as `nbdev_test` does (not `#| eval: false`, not flagged with a `tst_flags` flag such as `slow`), show_doc cells included."
+    def __call__(self, cell):
+        if cell.cell_type != 'code' or not hasattr(self, 'k'): return
+        direc = getattr(cell, 'directives_', {}) or {}
+        if direc.get('eval:', [''])[0].lower() == 'false' or set(get_config().tst_flags.split()) & direc.keys(): return
+        self.k.cell(cell)
+        if self.k.exc: raise Exception(f"cell {cell.idx_}: {type(self.k.exc).__name__}: {self.k.exc}") from self.k.exc
+
+
+class _ExecAll(FilterDefaults):
+    "nbdev's processors with `exec_show_docs` replaced by `_exec_all`: the page shows every output and figure."
+    def base_procs(self): return [_exec_all if p is exec_show_docs else p for p in super().base_procs()]
+
+
+def keep_intro(nb) -> None:
+    "Leave the first markdown cell only its `# title` and `> description` (what nbdev's front matter takes); the rest becomes the next cell."
+    c = nb.cells[0] if nb.cells else None
+    m = re.match(r'\s*(#\s+[^\n]*\n(?:[ \t]*\n)*(?:>\s+[^\n]*\n?)?)(.*)', c.source, re.S) if c is not None and c.cell_type == 'markdown' else None
+    if not m or not m.group(2).strip(): return
+    c.source = m.group(1).rstrip()
+    nb.cells.insert(1, mk_cell(m.group(2).strip(), 'markdown'))
+    for i, cell in enumerate(nb.cells): cell.idx_ = i
+
+
+def repro_run(p: str, runs: Path) -> Path:
+    "The reproduction notebook `p` (e.g. `repro/002_aggregate_method.ipynb`) executed at its declared smallest setting into `runs/<seed>`."
+    from cxr_notebooks.reproduce.runner import repro_notebooks, run_reproduction
+    nb = next(n for n in repro_notebooks().values() if n.path.name == Path(p).name)
+    return run_reproduction(nb.seed, runs / nb.seed, nb.smallest, html=False, progress=False)
+
+
+def process(nbs: Path, cache: Path, pages: list[str], execute: list[str] | None = None, repro: list[str] | None = None,
+            runs: Path | None = None) -> dict[str, str]:
+    """nbdev's docs processing of each page into `cache`, executing the library pages matching a glob of `execute` and
+    rendering the reproduction notebooks of the seeds in `repro` from a run in `runs` (None: all); returns {page: what went wrong}."""
     degraded = {}
     os.environ['IN_TEST'] = '1'                        # as nbdev's own driver: notebooks may skip work under it
     try:
         for p in pages:
-            nb = read_nb(nbs / p)
-            try: FilterDefaults().nb_proc(nb).process()
-            except Exception as e:                     # nbdev runs only import/export cells: one that needs an earlier cell fails
-                degraded[p] = str(e).splitlines()[0] + ' ' + (str(e).splitlines()[1] if len(str(e).splitlines()) > 1 else '')
-                nb = read_nb(nbs / p); _NoShowDocExec().nb_proc(nb).process()
+            t0, src, tries = time.time(), nbs / p, [FilterDefaults, _NoShowDocExec]   # tried in turn: the first that runs
+            if p.startswith('repro/'):
+                tries = [_NoShowDocExec]
+                if repro is None or Path(p).name.split('_')[0] in repro:
+                    try: src = repro_run(p, runs)
+                    except Exception as e: degraded[p] = f'not run ({type(e).__name__}: {str(e).splitlines()[0][:300]})'
+            elif execute is None or any(fnmatch.fnmatch(p, g) for g in execute): tries = [_ExecAll, *tries]
+            for procs in tries:
+                nb = read_nb(src); nb['path_'] = str(nbs / p); keep_intro(nb)
+                try:
+                    with working_directory((nbs / p).parent): procs().nb_proc(nb).process()
+                    break
+                except Exception as e:                 # a failing cell: the page without outputs (or without API docs)
+                    lines = str(e).splitlines()
+                    degraded.setdefault(p, lines[0][:300] + ' ' + (lines[1][:200] if len(lines) > 1 else ''))
             (cache / p).parent.mkdir(parents=True, exist_ok=True); write_nb(nb, cache / p)
+            how = 'executed' if procs is _ExecAll else 'from its run' if src != nbs / p else 'not executed'
+            print(f"{p}: {how}, {time.time() - t0:.0f} s", flush=True)
     finally: del os.environ['IN_TEST']
     return degraded
 
 
-def build_offline(cfg, nbs: Path, out: Path) -> tuple[list[Path], dict[str, str]]:
-    "Render every sidebar page to `out` as HTML; returns the pages written and {page: why its API docs are missing}."
+def build_offline(cfg, nbs: Path, out: Path, execute: list[str] | None = None,
+                  repro: list[str] | None = None) -> tuple[list[Path], dict[str, str]]:
+    "Render every sidebar page to `out` as HTML (see `process` for `execute` and `repro`); returns the pages written and {page: what went wrong}."
     cache = out.parent / '_proc'
     shutil.rmtree(cache, ignore_errors=True)
     sections = sidebar_sections(nbs)
     pages = [p for _, ps in sections for p in ps]
-    degraded = process(nbs, cache, pages)
+    degraded = process(nbs, cache, pages, execute, repro, out.parent / '_repro_runs')
     nbs_ = {p: nbformat.read(cache / p, as_version=4) for p in pages}
     titles = {p: front_matter(nb).get('title') or Path(p).stem for p, nb in nbs_.items()}
     exporter = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True)
@@ -114,17 +171,24 @@ def build_offline(cfg, nbs: Path, out: Path) -> tuple[list[Path], dict[str, str]
     return written, degraded
 
 
+def _option(argv: list[str], name: str) -> list[str] | None:
+    "A comma-separated option's values (None: not given, i.e. all; `none`: [])."
+    if name not in argv: return None
+    v = argv[argv.index(name) + 1]
+    return [] if v == 'none' else v.split(',')
+
+
 def main(argv: list[str]) -> None:
     cfg = get_config()
-    nbs, out = cfg.nbs_path, Path(argv[argv.index('--out') + 1]) if '--out' in argv else cfg.config_path / cfg.doc_path.name
+    nbs, out = cfg.nbs_path, Path(argv[argv.index('--out') + 1]).resolve() if '--out' in argv else cfg.config_path / cfg.doc_path.name
     warnings.filterwarnings('ignore', 'Found cells containing imports')   # the pages that fail are reported below
     if shutil.which('quarto') and '--no-quarto' not in argv:
         subprocess.run([sys.executable, '-c', 'from nbdev.quarto import nbdev_docs; nbdev_docs.__wrapped__()'], check=True)
     else:
         refresh_quarto_yml()
-        written, degraded = build_offline(cfg, nbs, out)
+        written, degraded = build_offline(cfg, nbs, out, _option(argv, '--exec'), _option(argv, '--repro'))
         print(f"{len(written)} pages in {out} (offline build: no quarto binary)")
-        for p, why in degraded.items(): print(f"WARNING {p}: API docs not rendered ({why}); put its imports in cells of their own (nbdev FAQ)")
+        for p, why in degraded.items(): print(f"WARNING {p}: shown without outputs or API docs ({why})")
         if degraded and '--strict' in argv: sys.exit(1)
 
 

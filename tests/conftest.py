@@ -68,3 +68,26 @@ def chexpert_stand_in(tmp_path_factory):
     Returns the folder holding `CheXpert-v1.0-small/` and `original_sizes.csv`."""
     from cxr_notebooks.data.ham import write_chexpert_stand_in
     return write_chexpert_stand_in(tmp_path_factory.mktemp('chexpert') / 'data')
+
+
+# ---- executed notebooks (tests/test_repro.py, tests/test_repro_full_profile.py) ---------------------------------
+#: What a reader must never see in an executed notebook: a traceback, an error name, an exception ignored in a
+#: destructor (the DataLoader teardown's `AssertionError: can only test a child process`), a warning line.
+OUTPUT_PROBLEMS = r'Traceback|Exception ignored|\b[A-Z]\w*Error\b|\b[A-Z]\w*Warning\b'
+
+
+def notebook_output_problems(notebook, allow: str | None = None) -> list[str]:
+    """The outputs of an executed notebook matching `OUTPUT_PROBLEMS` (error outputs, stream text, text/plain of displays),
+    as 'cell N: first matching line'; lines matching the regex `allow` are accepted (an intended, documented warning)."""
+    import json, re
+    from pathlib import Path
+    found = []
+    for i, cell in enumerate(json.loads(Path(notebook).read_text(encoding='utf-8'))['cells']):
+        for o in cell.get('outputs', []):
+            if o['output_type'] == 'error':
+                found.append(f"cell {i}: {o['ename']}: {o['evalue']}"[:300]); continue
+            text = o.get('text', '') if o['output_type'] == 'stream' else o.get('data', {}).get('text/plain', '')
+            for line in (''.join(text) if isinstance(text, list) else text).splitlines():
+                if re.search(OUTPUT_PROBLEMS, line) and not (allow and re.search(allow, line)):
+                    found.append(f'cell {i}: {line.strip()[:300]}')
+    return found

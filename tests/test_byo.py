@@ -169,7 +169,8 @@ def test_class_folders(ottawa):
     assert t['image'].tolist() == ['train/Effusion/00000003_000.jpg', 'train/No Finding/00000001_000.png',
                                    'train/No Finding/00000002_001.PNG', 'val/Effusion/00000001_000.png',
                                    'val/No Finding/00000004_000.png']
-    assert t['split'].tolist() == ['train'] * 3 + ['val'] * 2 and t['patient_id'].isna().all()
+    assert t['split'].tolist() == ['train'] * 3 + ['val'] * 2
+    assert t['patient_id'].tolist() == ['00000003', '00000001', '00000002', '00000001', '00000004']   # NIH's PPPPPPPP_NNN names by default
     assert (t[['Effusion', 'No Finding']].sum(axis=1) == 1).all() and t['Effusion'].dtype == np.float32
     assert Path(t['path'][0]) == ottawa / 'train/Effusion/00000003_000.jpg'
 
@@ -208,10 +209,53 @@ def test_class_folder_errors(ottawa, tmp_path):
 
 
 def test_class_folders_without_patients_cannot_be_split_by_patient(ottawa):
-    "The class-folder default (no patient_from_name) has NaN patient ids: a patient split says how to fix it."
+    "Without patient ids (patient_from_name=None) a patient split says how to fix it."
     from cxr_notebooks.data.splits import patient_train_val_split
-    t = read_class_folders(ottawa)
+    t = read_class_folders(ottawa, patient_from_name=None)
     with pytest.raises(CXRDataError, match=r"5 of 5 images have no patient_id.*patient_from_name=.*patient_id"):
         patient_train_val_split(t, 0.4)
     s = patient_train_val_split(read_class_folders(ottawa, patient_from_name='nih'), 0.4)
     assert len(s['val']) > 0 and not set(s['val'].patient_id) & set(s['train'].patient_id)
+
+
+# --- issue 18 item 7 and "clear messages": the same file twice, patients from file names, masks, 1-pixel images ---
+
+def test_the_same_file_under_two_spellings_is_one_image(imgs):
+    "Defect: `img/a.png` and `./img/a.png` with opposite labels were accepted as two images."
+    c = write(imgs / 'd.csv', 'image,Mass\nimg/a.png,1\nimg/b.png,0\n./img/a.png,0')
+    with pytest.raises(CXRDataError) as e: read_image_table_csv(c, label_cols=['Mass'])
+    msg = str(e.value)
+    assert "d.csv row 2 (line 4), column 'image': image './img/a.png' already listed at row 0 (line 2) as 'img/a.png'" in msg
+    assert "{'image': './img/a.png', 'Mass': '0'}" in msg and "{'image': 'img/a.png', 'Mass': '1'}" in msg   # both rows
+    absolute = write(imgs / 'e.csv', f'image,Mass\nimg/a.png,1\n{imgs / "img" / "a.png"},1')
+    with pytest.raises(CXRDataError, match='already listed at row 0'): read_image_table_csv(absolute, label_cols=['Mass'])
+    t, b = read_image_table_csv(write(imgs / 'bx.csv', 'image,label,x,y,w,h\nimg/a.png,Mass,1,1,2,2\n./img/a.png,Mass,3,3,2,2'), box_cols=True)
+    assert len(t) == 1 and b['image'].tolist() == ['img/a.png', 'img/a.png']   # boxes of one image, however it is spelt
+
+
+def test_class_folder_patients_from_nih_names_catch_leakage(ottawa):
+    "Defect: a class-folder tree gave every image its own patient, so a patient in train and test was never caught."
+    from cxr_notebooks.data.splits import check_patient_disjoint
+    t = read_class_folders(ottawa)
+    with pytest.raises(CXRDataError, match=r"between splits 'train' and 'val': 1 patients in both \(e.g. \['00000001'\]\)"):
+        check_patient_disjoint({s: g for s, g in t.groupby('split')})
+
+
+def test_class_folders_say_when_no_patient_id_is_available(tmp_path):
+    root = folders(tmp_path / 'o', {'train/A': ['scan1.png', '00000002_000.png'], 'val/A': ['scan3.png']})
+    with pytest.warns(UserWarning, match=r"no patient ids: 2 of 3 file names .*'scan1.png'.* NIH's PPPPPPPP_NNN.png.*patient_from_name="):
+        t = read_class_folders(root)
+    assert t['patient_id'].isna().all()
+    assert read_class_folders(root, patient_from_name=r'(\d)\.png$')['patient_id'].tolist() == ['0', '1', '3']
+
+
+def test_masks_of_another_size_and_one_pixel_images_are_refused(imgs):
+    png(imgs / 'img' / 'm_small.png', (16, 12)); png(imgs / 'img' / 'm_tall.png', (24, 32)); png(imgs / 'img' / 'dot.png', (1, 1))
+    for mask in ('m_small.png', 'm_tall.png'):
+        c = write(imgs / f'{mask}.csv', f'image,labels,mask\nimg/a.png,Mass,img/{mask}')
+        with pytest.raises(CXRDataError, match=rf"{mask}\.csv row 0 \(line 2\): mask .*{mask} is .* pixels but its image .*a\.png is 32x24"):
+            read_image_table_csv(c, mask_col='mask')
+    with pytest.raises(CXRDataError, match=r"dot\.png is 1x1 pixels; expected an image at least 2 pixels on each side"):
+        read_image_table_csv(write(imgs / 'dot.csv', 'image,labels\nimg/dot.png,Mass'))
+    root = folders(imgs / 'tree', {'train/A': ['00000001_000.png']}); png(root / 'train' / 'A' / '00000002_000.png', (1, 5))
+    with pytest.raises(CXRDataError, match=r"00000002_000\.png is 1x5 pixels"): read_class_folders(root)

@@ -1,4 +1,6 @@
 """Contract tests for cxr_notebooks.data.datasets: decoding, the sample dict, transforms, collation, loaders."""
+import os
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -221,3 +223,143 @@ def test_truncated_image_raises_naming_the_file(tmp_path, ext):
         cut = tmp_path / f'{n}_cut{ext}'; cut.write_bytes(full[:len(full) // 2])
         with pytest.raises(CXRDataError, match=f'{n}_cut{ext}: not a readable PNG/JPEG'):
             read_image(cut)
+
+
+# uint8 augmentation in one warp, normalisation on the device (issue 21) ----------------------------
+from torchvision import tv_tensors
+from cxr_notebooks.data.contract import make_sample
+from cxr_notebooks.data.datasets import AffineAugment, DeviceNormalize, affine_params, finish_batch
+
+
+def test_affine_params_are_v2_draws():
+    "Same seed, same parameters: the distribution of RandomResizedCrop + RandomHorizontalFlip + RandomRotation, draw for draw."
+    x = tv_tensors.Image(torch.zeros(1, 60, 50))
+    crop, rot = v2.RandomResizedCrop(32, scale=(0.8, 1.0), ratio=(0.9, 1.1)), v2.RandomRotation(15)
+    torch.manual_seed(0); ours = [affine_params(60, 50) for _ in range(3000)]
+    torch.manual_seed(0); ref = []
+    for _ in range(3000):
+        c = crop.make_params([x]); flip = bool(torch.rand(1) < 0.5); angle = rot.make_params([x])['angle']
+        ref.append(dict(top=c['top'], left=c['left'], height=c['height'], width=c['width'], flip=flip, angle=angle))
+    assert ours == ref
+    area = np.array([p['height'] * p['width'] for p in ours]) / 3000
+    assert 0.78 < area.min() and area.max() <= 1.0 and 0.45 < np.mean([p['flip'] for p in ours]) < 0.55
+    assert -15 <= min(p['angle'] for p in ours) < -14 and 14 < max(p['angle'] for p in ours) <= 15
+    tall = tv_tensors.Image(torch.zeros(1, 100, 10))   # no crop of the allowed aspect fits: v2's central fallback
+    torch.manual_seed(1); p = affine_params(100, 10)
+    torch.manual_seed(1); c = crop.make_params([tall])
+    assert (p['top'], p['left'], p['height'], p['width']) == (c['top'], c['left'], c['height'], c['width']) == (44, 0, 11, 10)
+
+
+def test_affine_augment_moves_boxes_and_mask_with_the_image():
+    img = np.full((64, 64), 30, np.uint8); img[10:30, 20:44] = 220
+    box, lung = np.array([[20, 10, 44, 30]], np.float32), (img > 100).astype(np.uint8)
+    pipe = default_transforms(48, train=True, normalize=None)
+    for seed in range(30):
+        torch.manual_seed(seed); w_img, w_box, w_mask = AffineAugment(48)(img, box, lung)
+        assert w_img.dtype == np.uint8 and w_img.shape == w_mask.shape == (48, 48)
+        torch.manual_seed(seed); ref = make_sample(img, np.zeros(1, np.float32), 0, boxes=box, box_labels=[0], mask=lung, transform=pipe)
+        assert np.allclose(w_box, ref['boxes'].numpy(), atol=1e-3)                     # v2's boxes
+        assert (w_mask != ref['mask'][0].numpy()).mean() < 0.05                        # v2's mask, up to edge pixels
+        assert (w_img[w_mask == 1] > 100).mean() > 0.95 and (w_img[w_mask == 0] < 150).mean() > 0.95   # mask on the patch
+        x0, y0, x1, y1 = w_box[0]
+        ys, xs = np.nonzero(w_img > 150)
+        assert x0 - 1 <= xs.min() and xs.max() + 1 <= x1 + 1 and y0 - 1 <= ys.min() and ys.max() + 1 <= y1 + 1   # box encloses the patch
+
+
+def test_uint8_dataset_batch_and_device_normalisation(table):
+    ds = CXRDataset(table, ['Effusion', 'Mass'], boxes=BOXES, image_size=40, transform=AffineAugment(32))
+    s = ds[0]
+    assert s['image'].dtype == torch.uint8 and s['image'].shape == (1, 32, 32) and s['boxes'].canvas_size == (32, 32)
+    assert ds.device_transform == DeviceNormalize('imagenet', 3)
+    b = next(iter(make_dataloader(ds, 2, shuffle=False, num_workers=0)))
+    assert b['image'].dtype == torch.uint8 and b['image'].shape == (2, 1, 32, 32)
+    x = finish_batch(b)['image']
+    ref = v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)(b['image'].float().div(255).expand(-1, 3, -1, -1))
+    assert x.shape == (2, 3, 32, 32) and torch.allclose(x, ref, atol=1e-6)
+    half = DeviceNormalize('half', 1)(b['image'])
+    assert half.shape == (2, 1, 32, 32) and torch.allclose(half, b['image'].float() / 127.5 - 1, atol=1e-6)
+    with pytest.raises(CXRDataError, match="needs channels=3"):
+        CXRDataset(table, ['Mass'], channels=1, transform=AffineAugment(32))
+    with pytest.raises(CXRDataError, match="normalize='z'"):
+        AffineAugment(32, normalize='z')
+
+
+def test_learner_moves_uint8_batches_to_model_input(table):
+    from cxr_notebooks.train.learner import to_device
+    ds = CXRDataset(table, ['Effusion', 'Mass'], image_size=40, transform=AffineAugment(32, normalize='half'), channels=3)
+    b = to_device(next(iter(make_dataloader(ds, 2, shuffle=False, num_workers=0))), 'cpu')
+    assert b['image'].dtype == torch.float32 and b['image'].shape == (2, 3, 32, 32) and 'device_transform' not in b
+
+
+# results independent of the number of workers (issue 18 item 5) -------------------------------------
+def _augmented(table, n=12, labels=('Effusion', 'Mass')):
+    return CXRDataset(pd.concat([table] * (n // 2), ignore_index=True), list(labels), boxes=BOXES, image_size=40)
+
+
+@pytest.mark.parametrize('transform', [AffineAugment(32), default_transforms(32, train=True)], ids=['uint8-warp', 'v2'])
+def test_batches_do_not_depend_on_the_number_of_workers(table, transform):
+    ds = _augmented(table); ds.transform = transform
+    def epochs(workers):
+        torch.manual_seed(123)   # the main process's RNG must not matter either
+        dl = make_dataloader(ds, 4, shuffle=True, seed=5, num_workers=workers)
+        return [b for _ in range(2) for b in dl], torch.rand(1)
+    (ref, after), *others = [epochs(w) for w in (0, 1, 2)]
+    assert not torch.equal(ref[0]['image'], ref[3]['image']) or ref[0]['index'].tolist() != ref[3]['index'].tolist()
+    for got, after_w in others:
+        assert torch.equal(after_w, after)   # loading never moved the caller's RNG
+        for a, b in zip(ref, got):
+            assert a['index'].tolist() == b['index'].tolist() and torch.equal(a['image'], b['image'])
+            assert all(torch.equal(x, y) for x, y in zip(a['boxes'], b['boxes']))
+
+
+def test_training_history_does_not_depend_on_the_number_of_workers(table, tmp_path):
+    from torch import nn
+    from cxr_notebooks.core import seed_everything
+    from cxr_notebooks.train.learner import Learner, create_optimizer
+    tr, va = _augmented(table, 16, ['Mass']), _augmented(table, 8, ['Mass'])
+    tr.transform = AffineAugment(24, normalize='half'); va.transform = default_transforms(24, train=False, normalize='half')
+    def history(workers):
+        seed_everything(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.3), nn.Linear(16, 1))
+        dls = [make_dataloader(d, 4, shuffle=d is tr, seed=1, num_workers=workers) for d in (tr, va)]
+        learn = Learner(model, *dls, nn.BCEWithLogitsLoss(), create_optimizer('adam', model, 1e-2), out_dir=tmp_path / str(workers),
+                        progress=False, verbose=False)
+        return learn.fit(2).drop(columns='seconds')
+    h0 = history(0)
+    for w in (1, 2): pd.testing.assert_frame_equal(history(w), h0, check_exact=True)
+
+
+# loader teardown (issue 15: "AssertionError: can only test a child process" in executed notebooks) --
+TEARDOWN = '''
+import gc, sys, torch
+from torch.utils.data import DataLoader, Dataset
+from cxr_notebooks.data.datasets import make_dataloader
+
+class Collecting(Dataset):
+    "Ten samples; reading one runs the garbage collector, as a long epoch's allocations eventually do in a worker."
+    def __len__(self): return 10
+    def __getitem__(self, i):
+        gc.collect()
+        return {'image': torch.zeros(1), 'label': torch.zeros(1), 'index': i if isinstance(i, int) else i[0]}
+
+mk = ((lambda: DataLoader(Collecting(), batch_size=2, num_workers=1)) if sys.argv[1] == 'plain' else
+      (lambda: make_dataloader(Collecting(), 2, shuffle=False, num_workers=1)))
+gc.disable()                                # the parent has not yet collected its garbage when the next loader forks
+it = iter(mk()); next(it); it.cycle = it    # an iterator left mid-epoch (an interrupted loop) in a reference cycle
+del it
+print(sum(len(b['index']) for b in mk()))   # the next loader's worker inherits that garbage
+gc.enable(); gc.collect()
+'''
+
+
+@pytest.mark.parametrize('loader', ['plain', 'make_dataloader'])
+def test_workers_leave_inherited_loader_iterators_alone(tmp_path, loader):
+    import subprocess, sys
+    from pathlib import Path
+    script = tmp_path / 'teardown.py'; script.write_text(TEARDOWN)
+    root = Path(__file__).parents[1]
+    r = subprocess.run([sys.executable, str(script), loader], capture_output=True, text=True, timeout=120, cwd=root,
+                       env={**os.environ, 'PYTHONPATH': str(root)})
+    assert r.returncode == 0 and r.stdout.strip() == '10', r.stderr
+    if loader == 'plain': assert 'can only test a child process' in r.stderr   # the defect, with a bare DataLoader
+    else: assert 'Exception ignored' not in r.stderr and 'AssertionError' not in r.stderr, r.stderr

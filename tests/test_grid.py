@@ -123,17 +123,18 @@ def test_sequential_grid_records_and_resumes(tmp_path, fake):
     assert res.runs[0].seconds == status['runs'][0]['seconds']   # a skipped run keeps what it took when it ran
 
 
-def test_changed_spec_fails_with_the_kits_mismatch_and_overwrites_nothing(tmp_path, fake):
-    spec = {'notebook': '002', 'parameters': SMOKE, 'axes': {'loss': ['bce']}}
+def test_changed_shared_parameter_stops_before_touching_grid_json(tmp_path, fake):
+    "Defect: a changed shared parameter relabelled the finished runs as failed in grid.json; it must stop like a single run."
+    spec = {'notebook': '002', 'parameters': SMOKE, 'axes': {'loss': ['bce', 'wfocal']}}
     G.run_grid(spec, tmp_path, workers=1, progress=False)
-    before = (tmp_path / 'loss=bce' / 'metrics.json').stat().st_mtime_ns
+    before = {f: (tmp_path / f).read_bytes() for f in ('grid.json', 'loss=bce/metrics.json', 'loss=bce/run_config.json')}
     fake.calls.clear()
-    res = G.run_grid({**spec, 'parameters': {**SMOKE, 'epochs': 2}}, tmp_path, workers=1, progress=False)
-    assert res.runs[0].status == 'failed' and fake.calls == []
-    assert res.runs[0].error.startswith('RunConfigMismatch: ') and 'epochs: 1 there, 2 now' in res.runs[0].error
-    assert '\n' not in res.runs[0].error
-    assert (tmp_path / 'loss=bce' / 'metrics.json').stat().st_mtime_ns == before
-    assert json.loads((tmp_path / 'loss=bce' / 'run_config.json').read_text())['epochs'] == 1
+    with pytest.raises(kit.RunConfigMismatch) as e:
+        G.run_grid({**spec, 'parameters': {**SMOKE, 'epochs': 2}}, tmp_path, workers=1, progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f"grid {tmp_path.name}: 2 run folder(s) hold runs with other parameters") and 'epochs: 1 there, 2 now' in msg
+    assert 'loss=bce' in msg and 'loss=wfocal' in msg and 'nothing was run' in msg
+    assert fake.calls == [] and {f: (tmp_path / f).read_bytes() for f in before} == before
 
 
 def test_dropped_parameter_or_broken_record_is_not_skipped(tmp_path, fake):
@@ -192,11 +193,11 @@ def test_real_grid_resumes_without_rerunning(smoke_grid):
     out, done = smoke_grid.out, [r.name for r in smoke_grid.result.runs[:4]]
     files = [out / n / f for n in done for f in ('metrics.json', '002_aggregate_method.ipynb', 'run_config.json')]
     stamps = [f.stat().st_mtime_ns for f in files]
-    # a changed shared parameter: every folder holds another run, reported without starting anything
+    # a changed shared parameter: every folder holds another run; stops naming it, starting nothing, grid.json untouched
     changed = {**smoke_grid.spec, 'parameters': {**smoke_grid.spec['parameters'], 'epochs': 2}}
-    res = G.run_grid(changed, out, workers=2, progress=False)
-    assert [r.status for r in res.runs] == ['failed'] * 5
-    assert all(r.error.startswith('RunConfigMismatch: ') and 'epochs: 1 there, 2 now' in r.error for r in res.runs)
+    status = (out / 'grid.json').read_bytes()
+    with pytest.raises(kit.RunConfigMismatch, match='epochs: 1 there, 2 now'): G.run_grid(changed, out, workers=2, progress=False)
+    assert (out / 'grid.json').read_bytes() == status
     # the original spec again: the four finished runs are skipped, the failed one is tried again (and fails again)
     res = G.run_grid(smoke_grid.spec, out, workers=2, progress=False)
     assert [r.status for r in res.runs] == ['skipped'] * 4 + ['failed'] and res.runs[-1].error == smoke_grid.result.runs[-1].error

@@ -86,3 +86,21 @@ def test_self_refinement_rule():
     assert torch.equal(refine_box_mask(sq(0, 4, 0, 2), box), sq(0, 4, 0, 2).bool())            # IoU 0.5 >= 0.3: box ∩ attention
     assert torch.equal(refine_box_mask(sq(3, 8, 3, 8), box), box)                               # IoU 1/40 < 0.3: keep the box
     assert torch.equal(refine_box_mask(torch.zeros(8, 8), box), box)
+
+
+def test_plain_mse_reproduces_table_vii_ours_mse():
+    "Table VII's 'Ours-MSE': the box term as a plain MSE (mean squared error over the pixels) instead of the AMSE of Eq. 6."
+    G, has = box_masks([torch.tensor([[2., 2., 6., 6.]])], [torch.tensor([0])], 1, 8)
+    miss = torch.roll(G, 4, -1) * 10                                                            # T = 1 on 16 pixels, G on 16 others
+    assert float(amse_loss(miss, G, has, box_loss='mse')) == pytest.approx(32 / 64, abs=1e-4)  # 32 wrong pixels of 64
+    assert float(amse_loss(miss, G, has, box_loss='amse')) == pytest.approx(1, abs=1e-4)       # 32 / (16 + 16)
+    assert float(amse_loss(G * 10, G, has, box_loss='mse')) == pytest.approx(0, abs=1e-4)
+    for variant in ('paper', 'code'):
+        assert float(amse_loss(miss, G, has, variant, box_loss='mse')) == pytest.approx(0.5, abs=1e-4)
+    torch.manual_seed(0)
+    outputs = {'logits': torch.randn(1, 1), 'pn_logit': torch.randn(1, 1), 'cam': miss, 'pos_cam': torch.rand(1, 1, 8, 8)}
+    total, t = HAMLoss(box_loss='mse')(outputs, torch.ones(1, 1), masks=G, has_box=has)
+    assert sorted(t) == ['ab', 'bound', 'mse', 'pn', 'union'] and float(t['mse']) == pytest.approx(0.5, abs=1e-4)
+    assert float(total) == pytest.approx(float(t['ab'] + 0.5 * t['mse'] + 0.01 * t['pn'] + 0.001 * t['bound'] + 0.001 * t['union']), rel=1e-6)
+    with pytest.raises(ValueError, match='amse'): HAMLoss(box_loss='l1')
+    with pytest.raises(ValueError, match='amse'): amse_loss(miss, G, has, box_loss='l1')

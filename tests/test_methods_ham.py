@@ -82,7 +82,7 @@ def test_paper_columns_match_only_the_configuration():
     assert paper_columns('full', 'official', 'HAM', True) == []                  # Table VI trains without boxes
     assert {c.metric for c in paper_columns('full', 'without_bboxes', 'HAM', False)} == {'loc_iou_0.1', 'loc_iou_0.3'}
     cols = paper_columns('full', 'patient_localization', 'HAM', True)
-    assert len(cols) == 12 and all('patient-level' in c.note for c in cols) and all(c.setting == 'Ours' for c in cols)  # never '+ SR'
+    assert len(cols) == 14 and all('patient-level' in c.note for c in cols) and all(c.setting == 'Ours' for c in cols)  # never '+ SR'
 
 
 @pytest.mark.slow
@@ -132,3 +132,14 @@ def test_table6_grid_spec_has_one_run_per_ablation_row():
     assert spec.notebook == '001' and [r['ablation'] for r in spec.varying] == list(ABLATIONS)
     nb = repro_notebooks()['001']
     for r in spec.varying: check_parameters(nb, {**spec.parameters, **r})
+
+
+def test_table_vii_ours_mse_is_a_run_setting():
+    "Table VII: the full method with the plain MSE box loss ('Ours-MSE') in the 5-fold localization setting, compared with its row."
+    assert ham_loss('HAM', box_loss='mse').box_loss == 'mse' and ham_loss('HAM').box_loss == 'amse'
+    cols = paper_columns('full', 'cv_localization', 'HAM', True, box_loss='mse')
+    assert [(c.table, c.setting, c.metric) for c in cols] == [('Table VII', 'Ours-MSE', 'loc_iou_0.1'), ('Table VII', 'Ours-MSE', 'loc_iou_0.3')]
+    amse = paper_columns('full', 'cv_localization', 'HAM', True)
+    assert ('Table VII', 'Ours', 'loc_iou_0.3') in [(c.table, c.setting, c.metric) for c in amse]
+    assert paper_columns('full', 'official', 'HAM', False, box_loss='mse') == []         # no boxes in training: no box loss to compare
+    assert paper_columns('full', 'cv_localization', 'RN50-8-LSE', True, box_loss='mse') == []

@@ -217,3 +217,17 @@ def test_macro_auroc_ci_equals_the_generic_bootstrap_of_macro_auroc():
     generic = bootstrap_ci(y, p, lambda a, b: macro_auroc(a, b, skip_single_class=True), n_resamples=200, seed=3, groups=groups)
     fast = macro_auroc_ci(y, p, n_resamples=200, seed=3, groups=groups)
     assert isinstance(fast, CI) and np.allclose(fast[:3], generic[:3]) and fast.n_skipped == generic.n_skipped == 0
+
+
+def test_a_single_bootstrap_resample_is_refused_and_few_warn():
+    "Defect: bootstrap_ci(n_resamples=1) returned an 'interval' (one resample's value) that excluded its own estimate."
+    from cxr_notebooks.metrics.classification import bootstrap_ci
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(20), np.ones(20)]; s = y * 0.3 + rng.random(40)
+    for metric in ('auroc', lambda a, b: float(np.mean(b[a == 1]) - np.mean(b[a == 0]))):
+        with pytest.raises(ValueError, match=r'n_resamples is 1; a bootstrap interval needs at least 2 resamples'):
+            bootstrap_ci(y, s, metric, n_resamples=1)
+        with pytest.warns(UserWarning, match=r'n_resamples=5 is fewer than 20 = 1/\(1 - confidence\)'):
+            bootstrap_ci(y, s, metric, n_resamples=5)
+    ci = bootstrap_ci(y, s, n_resamples=20)
+    assert ci.low <= ci.value <= ci.high

@@ -182,3 +182,27 @@ def test_offline_loads_weights_already_in_the_hf_cache(tmp_path, monkeypatch, no
     m = create_model('mobilenetv2_100', 14, pretrained=True)
     assert m.pretrained_loaded and m.pretrained_source.endswith('snapshots/abc123/model.safetensors')
     assert torch.equal(m.conv_stem.weight, src.conv_stem.weight) and no_sockets == []
+
+
+def test_what_was_loaded_is_recorded_with_its_checksum(tmp_path, monkeypatch, no_sockets):
+    """Issue 22: offline runs said pretrained=True while training from scratch. Each model records what it actually
+    started from (source and SHA-256 of the file, or none), every call lands in WEIGHTS_LOG, in order."""
+    import hashlib
+    from cxr_notebooks.models.backbones import WEIGHTS_LOG, LoadedWeights, weights_summary
+    from huggingface_hub import constants
+    src = create_model('mobilenetv2_100', 1000)
+    p = tmp_path / 'ckpt.pth'; torch.save(src.state_dict(), p)
+    n = len(WEIGHTS_LOG)
+    local = create_model('mobilenetv2_100', 14, weights=p)
+    assert local.pretrained_weights == LoadedWeights('mobilenetv2_100', str(p), hashlib.sha256(p.read_bytes()).hexdigest(), True)
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'empty_cache')); monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    with pytest.warns(PretrainedWeightsWarning, match=r"-p weights PATH.*-p pretrained false"):
+        asked = create_model('mobilenetv2_100', 14, pretrained=True, on_missing_weights='warn')
+    scratch = create_model('mobilenetv2_100', 14)
+    assert WEIGHTS_LOG[n:] == [local.pretrained_weights, asked.pretrained_weights, scratch.pretrained_weights]
+    assert str(asked.pretrained_weights) == 'none: from scratch (ImageNet weights asked for, not loaded)'
+    assert str(scratch.pretrained_weights) == 'none: from scratch' and weights_summary([scratch.pretrained_weights] * 2) == 'none: from scratch'
+    assert str(local.pretrained_weights) == f"{p} (sha256 {local.pretrained_weights.sha256[:12]})"
+    assert weights_summary(WEIGHTS_LOG[n:n + 1]) == str(local.pretrained_weights) and weights_summary([]) is None
+    with pytest.raises(PretrainedWeightsUnavailable, match='on purpose with pretrained=False'):
+        create_model('mobilenetv2_100', 14, pretrained=True)

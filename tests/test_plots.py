@@ -148,6 +148,8 @@ def test_style_comparison(ours):
     html = style_comparison(t).to_html()
     assert '0.800 [0.750, 0.850]' in html and '-0.050' in html and '+0.100' in html
     assert '#cf222e' in html and '#1a7f37' in html and 'seed X, Table Y' in html
+    titled = style_comparison(t, title='table4').to_html()
+    assert titled.count('seed X, Table Y') == 1 and '<caption>table4: AUROC, paper vs reproduced.' in titled
 
 
 def test_paper_vs_reproduced_bad_inputs(ours):

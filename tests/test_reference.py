@@ -122,3 +122,176 @@ def test_average_row_comes_last_after_non_nih_labels():
     "Defect (reported from seed 001): Tables IX-X listed `Average` before Enlarged Cardiomediastinum, Pleural Effusion and Fracture."
     order = reference_table('001', 'Table X', metric='loc_ior_0.5').index.tolist()
     assert order[-1] == 'Average' and order.index('Fracture') < order.index('Average')
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Every stored paper number against the paper's text, under its label (table, row, column): the seed texts are parsed
+# here, independently of the CSVs, so a number moved to another row, column or table fails.
+
+import re
+from pathlib import Path
+
+SEEDS = Path(__file__).resolve().parents[2] / 'shared' / 'seeds'
+needs_seeds = pytest.mark.skipif(not SEEDS.is_dir(), reason='the seed texts are not beside this checkout')
+
+
+def _key(s) -> str:
+    "A name reduced to lower-case letters and digits, 'Mean'/'Mean AUC' as 'average': how the texts and the CSVs are compared."
+    s = re.sub(r'<[^>]+>|\$|\\|_\{|\}|\*', '', str(s)).lower()
+    s = re.sub(r'[^a-z0-9]', '', s)
+    return 'average' if s in ('mean', 'meanauc') else s
+
+
+def _num(s: str) -> float:
+    return float(re.sub(r'<[^>]+>|\*', '', s).strip())
+
+
+def _sections(text: str, prefix: str = 'TABLE ') -> dict[str, str]:
+    "'Table IX' -> the text from its 'TABLE IX' line to the next table heading."
+    heads = [(m.start(), m.group(1)) for m in re.finditer(rf'^{prefix}([IVX]+)\s*$', text, re.M)]
+    return {f'Table {n}': text[a:(heads[k + 1][0] if k + 1 < len(heads) else len(text))] for k, (a, n) in enumerate(heads)}
+
+
+SEED000_METRICS = {'accrec': 'accuracy', 'prec': 'precision', 'f1': 'f1', 'auc': 'auc', 'ppv': 'ppv', 'sensitivity': 'sensitivity',
+                   'specificity': 'specificity', 'fdr': 'fdr', 'for': 'for', 'youdensindex': 'youden', 'dp': 'dp'}
+SEED000_MODELS = ('PVT', 'VGG16', 'ResNet50')
+SEED000_TASKS = {'Effusion vs No Finding': {'effusion'}, 'Pneumothorax vs No Finding': {'pneumothorax'},
+                 'Subcutaneous emphysema vs No Finding': {'subcutaneous'},
+                 'No Finding vs Effusion vs Pneumothorax': {'effusion', 'pneumothorax'}}
+
+
+def _task_of(heading: str) -> str:
+    "The CSV label of a task heading (a line or two of the text, OCR noise included)."
+    words = {w for w in ('effusion', 'pneumothorax', 'subcutaneous') if w in heading.lower()}
+    return next(label for label, w in SEED000_TASKS.items() if w == words)
+
+
+def seed000_text_values() -> dict[tuple, float]:
+    "(table, setting, split, model, label, metric) -> value, read from the seed 000 text."
+    text, out = (SEEDS / '000_b327a660d03fbc7d.txt').read_text(), {}
+    for table, sec in _sections(text).items():
+        if table in ('Table I', 'Table II'):   # blocks 'Ottawa: <task>' / 'Metric PVT VGG16 ResNet50' / 'Sensitivity a/b ...'
+            split = 'ottawa' if table == 'Table I' else 'nih'
+            for block in re.split(r'^(?=(?:Ottawa|NIH):)', sec, flags=re.M)[1:]:
+                lines = [l for l in block.strip().splitlines() if l.strip()]
+                label = _task_of(lines[0])
+                header = [c.strip() for c in lines[1].split('\t')]
+                assert header == ['Metric', *SEED000_MODELS], (table, header)
+                for line in lines[2:]:
+                    cells = [c.strip() for c in line.split('\t')]
+                    if _key(cells[0]) not in SEED000_METRICS: break
+                    for model, cell in zip(SEED000_MODELS, cells[1:]):
+                        for setting, v in zip(('cross-entropy', 'proposed loss'), cell.split('/')):
+                            out[(table, setting, split, model, label, SEED000_METRICS[_key(cells[0])])] = _num(v)
+            continue
+        split = 'ottawa' if 'Ottawa dataset' in sec else 'nih'
+        head, body = sec.split('Model\tMetric', 1)
+        label = _task_of(head.split('being used.', 1)[1])
+        settings = ['lambda=' + ('adaptive' if s == '*' else s) for s in re.findall(r'\\lambda = ([0-9.*]+)', body.splitlines()[0])]
+        assert len(settings) == 5, (table, settings)
+        block, first = -1, None
+        for line in body.splitlines()[1:]:
+            cells = [c.strip() for c in line.split('\t')]
+            m = next(((k, c) for k, c in enumerate(cells) if _key(c) in SEED000_METRICS), None)
+            if m is None: continue
+            metric, values = SEED000_METRICS[_key(m[1])], [c for c in cells[m[0] + 1:] if c]
+            first = first or metric
+            block += metric == first                 # each model's block starts again at the first metric
+            for setting, v in zip(settings, values, strict=True):
+                out[(table, setting, split, SEED000_MODELS[block], label, metric)] = _num(v)
+        assert block == 2, (table, block)            # three models, in the paper's order
+    return out
+
+
+@needs_seeds
+@pytest.mark.parametrize('csv', ['seed000_supplement.csv', 'seed000_tables.csv'])
+def test_every_seed000_value_is_the_papers_under_its_label(csv):
+    text = seed000_text_values()
+    ref = pd.read_csv(embedded_data_dir() / 'reference' / csv)
+    keys = [(r.table, r.setting, r.split, r.model, r.label, r.metric) for r in ref.itertuples()]
+    missing = [k for k in keys if k not in text]
+    assert not missing, missing[:5]
+    wrong = [(k, r.value, text[k]) for k, r in zip(keys, ref.itertuples()) if abs(r.value - text[k]) > 1e-9]
+    assert not wrong, wrong[:5]
+    in_text = {k for k in text if k[0] in set(ref.table)}
+    assert set(keys) == in_text                     # and every number of those tables is stored
+
+
+def _seed001_cells(cell: str, metric: str) -> dict[str, float]:
+    "'0.77 (0.77, 0.78)' -> auc, auc_low, auc_high; '0.80 ± 0.00' -> auc, auc_std; '0.71' -> metric."
+    if m := re.fullmatch(r'([0-9.]+) \(([0-9.]+), ([0-9.]+)\)', cell): return {metric: _num(m[1]), f'{metric}_low': _num(m[2]), f'{metric}_high': _num(m[3])}
+    if m := re.fullmatch(r'([0-9.]+) ± ([0-9.]+)', cell): return {metric: _num(m[1]), f'{metric}_std': _num(m[2])}
+    return {metric: _num(cell)}
+
+
+def seed001_text_values() -> dict[tuple, float]:
+    "(table, setting key, label key, metric) -> value, read from the seed 001 text."
+    text, out = (SEEDS / '001_346aec97e7be795c.txt').read_text(), {}
+    for table, sec in _sections(text).items():
+        lines = [l for l in sec.splitlines() if '\t' in l]
+        header = [c.strip() for c in lines[0].split('\t')]
+        if header[0] == 'Abnormality':             # Tables I, II: a row per class, a column per method
+            for line in lines[1:]:
+                cells = [c.strip() for c in line.split('\t')]
+                for setting, cell in zip(header[1:], cells[1:], strict=True):
+                    for metric, v in _seed001_cells(cell, 'auc').items(): out[(table, _key(setting), _key(cells[0]), metric)] = v
+        elif header[0] == 'Model' and table == 'Table VIII':    # a row per method, a column per class
+            for line in lines[1:]:
+                cells = [c.strip() for c in line.split('\t')]
+                for label, cell in zip(header[1:], cells[1:], strict=True): out[(table, _key(cells[0]), _key(label), 'auc')] = _num(cell)
+        elif header[0] == 'Model':                  # Table VI: Mean AUC, then T(IoU) = 0.1 per class on the next header line
+            labels = [c.strip() for c in lines[1].split('\t') if c.strip()] + [header[-1]]   # 'Mean' ends the first header line
+            for line in lines[2:]:
+                cells = [c.strip() for c in line.split('\t') if c.strip()]
+                out[(table, _key(cells[0]), 'average', 'auc')] = _num(cells[1])
+                for label, cell in zip(labels, cells[2:], strict=True): out[(table, _key(cells[0]), _key(label), 'loc_iou_0.1')] = _num(cell)
+        else:                                       # '$T(IoU)$ Model <classes> Mean': a threshold, then a row per method
+            kind = 'loc_iou' if 'IoU' in header[0] else 'loc_ior'
+            labels, thr = header[2:], None
+            for line in lines[1:]:
+                cells = [c.strip() for c in line.split('\t')]
+                while cells and not cells[-1]: cells.pop()
+                if re.fullmatch(r'[0-9.]+', cells[0]): thr, cells = cells[0], cells[1:]
+                elif not cells[0]: cells = cells[1:]
+                for label, cell in zip(labels, cells[1:], strict=True): out[(table, _key(cells[0]), _key(label), f'{kind}_{thr}')] = _num(cell)
+    return out
+
+
+@needs_seeds
+def test_every_seed001_value_is_the_papers_under_its_label():
+    text = seed001_text_values()
+    ref = pd.read_csv(embedded_data_dir() / 'reference' / 'seed001_tables.csv')
+    keys = [(r.table, _key(r.setting), _key(r.label), r.metric) for r in ref.itertuples()]
+    missing = [k for k in keys if k not in text]
+    assert not missing, missing[:5]
+    wrong = [(k, r.value, text[k]) for k, r in zip(keys, ref.itertuples()) if abs(r.value - text[k]) > 1e-9]
+    assert not wrong, wrong[:5]
+    assert set(keys) == set(text)                   # every number of every table is stored, Table VII included
+    assert len(keys) == len(set(keys))
+
+
+def test_a_number_moved_to_another_row_fails(tmp_path):
+    "The check is by label: swapping two values of one column (the same numbers, other rows) is caught."
+    if not SEEDS.is_dir(): pytest.skip('the seed texts are not beside this checkout')
+    text = seed001_text_values()
+    ref = pd.read_csv(embedded_data_dir() / 'reference' / 'seed001_tables.csv')
+    i, j = ref.index[(ref.table == 'Table I') & (ref.setting == 'Ours') & (ref.metric == 'auc')][:2]
+    ref.loc[[i, j], 'value'] = ref.loc[[j, i], 'value'].to_numpy()
+    wrong = [r for r in ref.itertuples() if abs(r.value - text[(r.table, _key(r.setting), _key(r.label), r.metric)]) > 1e-9]
+    assert len(wrong) == 2
+
+
+def test_seed000_cells_whose_youden_or_dp_do_not_recompute_are_flagged():
+    "Tables I-II: a Youden's J or DP outside what the printed sensitivity and specificity (3 decimals) allow carries a note, and only those."
+    ref = pd.read_csv(embedded_data_dir() / 'reference' / 'seed000_supplement.csv')
+    dp = lambda se, sp: np.sqrt(3) / np.pi * (np.log10(se / (1 - se)) + np.log10(sp / (1 - sp)))
+    h = 5e-4                                                                     # half a unit of the third decimal
+    flagged, off = set(), set()
+    for key, g in ref.groupby(['table', 'setting', 'split', 'model', 'label']):
+        v = g.set_index('metric')['value']; se, sp = v['sensitivity'], v['specificity']
+        if not se + sp - 1 - 3 * h <= v['youden'] <= se + sp - 1 + 3 * h: off.add((*key, 'youden'))
+        if not dp(se - h, sp - h) - h <= v['dp'] <= dp(se + h, sp + h) + h: off.add((*key, 'dp'))
+        flagged |= {(*key, m) for m, n in zip(g['metric'], g['note'].fillna('')) if 'does not recompute' in n}
+    assert flagged == off and len(off) == 14
+    assert ('Table I', 'cross-entropy', 'ottawa', 'VGG16', 'Effusion vs No Finding', 'youden') in off            # 0.410 printed, 0.346 implied
+    assert ('Table II', 'cross-entropy', 'nih', 'ResNet50', 'Effusion vs No Finding', 'dp') in off               # 0.789 printed, 0.717 implied

@@ -108,3 +108,21 @@ def test_report_reads_the_predictions_a_record_names(tmp_path, monkeypatch):
     assert set(map(tuple, dl[['run_a', 'run_b']].to_numpy())) == {('loss=focal', 'loss=wfocal')}
     with pytest.raises(ValueError, match="roc_run='loss=bce' has no test predictions"):
         write_report(tmp_path, roc_run='loss=bce')
+
+
+def test_report_names_a_corrupt_record_or_missing_predictions_and_reports_the_others(tmp_path, monkeypatch):
+    "Defect: one corrupt metrics.json, or a record naming predictions that are gone, stopped the whole report with a traceback."
+    from cxr_notebooks.reproduce import grid as G
+    monkeypatch.setattr(G, 'run_reproduction', _fake_run)
+    G.run_grid({'notebook': '002', 'parameters': {'profile': 'smoke'}, 'axes': {'loss': ['bce', 'focal', 'wfocal', 'cb-bce']}},
+               tmp_path, workers=1, progress=False)
+    (tmp_path / 'loss=focal' / 'metrics.json').write_text('{"schema": ')
+    (tmp_path / 'loss=cb-bce' / 'model_a' / 'test.csv').unlink()
+    page = write_report(tmp_path).read_text()
+    assert f"{tmp_path / 'loss=focal' / 'metrics.json'} does not parse" in page
+    assert f"loss=cb-bce: its record names {tmp_path / 'loss=cb-bce' / 'model_a' / 'test.csv'}, which is missing" in page
+    assert 'ROC curves: loss=wfocal' in page and '0.700 [0.500, 0.800]' in page and '0.600 [0.500, 0.800]' in page   # the others
+    s = grid_summary(tmp_path)
+    assert s.set_index('run').loc['loss=focal', 'status'] == 'unreadable'
+    (tmp_path / 'grid.json').write_text('{"runs": [')
+    with pytest.raises(ValueError, match=r"grid.json does not parse .*re-run the grid's spec"): write_report(tmp_path)

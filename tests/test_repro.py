@@ -7,6 +7,7 @@ from cxr_notebooks.reproduce.kit import check_record
 from cxr_notebooks.reproduce.reference import reference_values
 from cxr_notebooks.reproduce.runner import (ReproductionFailed, check_parameters, main, notebook_parameters, repro_notebooks,
                                            run_reproduction)
+from conftest import notebook_output_problems
 
 NOTEBOOKS = repro_notebooks()
 SMALLEST = NOTEBOOKS['002'].smallest
@@ -28,9 +29,10 @@ def smallest_run(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize('seed', sorted(NOTEBOOKS))
 def test_every_notebook_runs_at_its_smallest_setting(smallest_run, seed):
-    "Each notebook in nbs/repro/ runs end to end at its declared smallest setting and writes a schema-valid metrics.json."
+    "Each notebook in nbs/repro/ runs end to end at its declared smallest setting, shows no traceback, error or warning, and writes a schema-valid metrics.json."
     out = smallest_run(seed)
     assert (out / NOTEBOOKS[seed].path.name).with_suffix('.html').is_file()
+    assert notebook_output_problems(out / NOTEBOOKS[seed].path.name) == []
     rec = json.loads((out / 'metrics.json').read_text())
     check_record(rec, str(out / 'metrics.json'))
     assert rec['profile'] == NOTEBOOKS[seed].smallest['profile'] and rec['paper']['seed'] == seed
@@ -41,7 +43,13 @@ def test_baseline_smoke_run_is_the_demo_configuration(smallest_run):
     "The demo configuration: official split, baseline, record with setup and CI, figures, Table 4 next to ours."
     out = smallest_run('002')
     rec = json.loads((out / 'metrics.json').read_text())
-    assert rec['setup'].startswith('profile=smoke') and 'seed=0' in rec['setup'] and 'split=official' in rec['setup']
+    assert rec['setup'].startswith('profile=smoke, data=embedded NIH sample') and ', seed=0, ' in rec['setup']
+    # only what differs from the notebook's defaults (split=official, loss=bce... are defaults), then what was loaded
+    assert 'epochs=1' in rec['setup'] and 'split=' not in rec['setup'] and 'loss=' not in rec['setup'] and 'pretrained' not in rec['setup']
+    assert rec['setup'].endswith('(other parameters: defaults), weights=none: from scratch, device=cpu'), rec['setup']
+    assert rec['weights'] == {'summary': 'none: from scratch', 'models': [{'backbone': 'densenet121', 'source': None, 'sha256': None, 'asked': False}]}
+    executed = (out / '002_aggregate_method.ipynb').read_text()
+    assert executed.count('AUROC, paper vs reproduced.') == 1   # the caption once (it was printed above its own table too)
     assert set(rec['data']['split_sizes']) == {'train', 'val', 'test'} and sum(rec['data']['split_sizes'].values()) == 160
     assert len(rec['results']['history']['epoch']) == 1
     h = rec['headline']
@@ -52,6 +60,20 @@ def test_baseline_smoke_run_is_the_demo_configuration(smallest_run):
     paper = reference_values('002', 'Table 4', 'baseline reproduce ChexNet [15]')
     assert table.set_index('label').loc['Cardiomegaly', 'paper'] == pytest.approx(paper['Cardiomegaly'])
     assert rec['comparisons']['table4']['paper_source'].startswith(paper.attrs['source'])
+
+
+@pytest.mark.slow
+def test_offline_pretrained_run_says_it_trained_from_scratch(tmp_path, monkeypatch):
+    "Issue 22: offline, `pretrained=True` trained from scratch while the setup line and metrics.json said pretrained=True."
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1'); monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'empty_hub_cache'))
+    run_reproduction('002', tmp_path / 'run', {**SMALLEST, 'pretrained': True, 'backbone': 'mobilenetv2_100'}, html=False, progress=False)
+    rec = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
+    assert 'weights=none: from scratch (ImageNet weights asked for, not loaded)' in rec['setup'] and 'pretrained=True' not in rec['setup']
+    assert rec['config']['pretrained'] is False and rec['weights']['models'] == [
+        {'backbone': 'mobilenetv2_100', 'source': None, 'sha256': None, 'asked': True}]
+    warned = notebook_output_problems(tmp_path / 'run' / '002_aggregate_method.ipynb')   # the loud warning, naming real parameters
+    assert warned and all('PretrainedWeightsWarning' in w for w in warned) and '-p pretrained false' in warned[0], warned
+    assert notebook_output_problems(tmp_path / 'run' / '002_aggregate_method.ipynb', allow='PretrainedWeightsWarning') == []
 
 
 @pytest.mark.slow
@@ -96,6 +118,7 @@ def test_aggregate_method_smoke_run_with_relative_split_file(tmp_path, monkeypat
     assert d['weights'] == 'densenet121-res224-nih' and any(r.get('p_value') is not None and 0 <= r['p_value'] <= 1 for r in d['rows'])
     pred = pd.read_csv(tmp_path / 'run' / 'predictions_xrv.csv')
     assert len(pred) == rec['data']['split_sizes']['test'] and pred.filter(like='p_').stack().between(0, 1).all()
+    assert notebook_output_problems(tmp_path / 'run' / '002_aggregate_method.ipynb') == []
 
 
 @pytest.mark.slow

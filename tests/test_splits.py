@@ -165,12 +165,15 @@ def test_seed004_protocol_pinned(entry):
 # patient ids (defects: '00000003' vs 3 missed; NaN ids gave an empty validation split) -------------
 def test_leakage_check_normalises_patient_ids():
     a = pd.DataFrame({'image': ['x.png'], 'patient_id': ['00000003']})
-    for other in (3, 3.0, '3', ' 0003 '):
+    for other in (3, 3.0, '3', ' 0003 ', '3.0', '00000003.00', 3.0000):   # '3.0': ids a CSV wrote as floats
         b = pd.DataFrame({'image': ['y.png'], 'patient_id': [other]})
         with pytest.raises(CXRDataError, match=r"between splits 'train' and 'val': 1 patients in both"):
             check_patient_disjoint({'train': a, 'val': b})
     check_patient_disjoint({'train': a, 'val': a.assign(patient_id='00000004')})
     check_patient_disjoint({'train': a.assign(patient_id='p3'), 'val': a.assign(patient_id='p03')})   # not numbers: as written
+    check_patient_disjoint({'train': a, 'val': a.assign(patient_id='3.5')})                          # not a whole number: another id
+    with pytest.raises(CXRDataError, match=r"1 patients in both \(e.g. \['3.0'\]\)"):
+        check_patient_disjoint({'train': a.assign(patient_id='3.0'), 'val': a.assign(patient_id=3)})
 
 
 def test_split_keeps_a_patient_written_two_ways_together():

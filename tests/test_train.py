@@ -1,6 +1,7 @@
 "Contract tests for cxr_notebooks.train.learner: exact resume, determinism, NaN handling, early stopping, accumulation."
 import functools
 import math
+import re
 import os
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def test_determinism_and_files(tmp_path):
     ha, hb = a.fit(3), b.fit(3)
     pd.testing.assert_frame_equal(ha[COLS], hb[COLS])
     assert same_weights(weights(a), weights(b))
-    assert ha.columns.tolist() == COLS + ['seconds'] and ha['epoch'].tolist() == [1, 2, 3]
+    assert ha.columns.tolist() == COLS + ['seconds', 'best_epoch'] and ha['epoch'].tolist() == [1, 2, 3]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / 'a' / 'history.csv')[COLS], ha[COLS], check_exact=False)
     assert pd.read_json(tmp_path / 'a' / 'history.json')['epoch'].tolist() == [1, 2, 3]
     ck = torch.load(tmp_path / 'a' / 'last.pt', weights_only=True)
@@ -419,7 +420,7 @@ def test_custom_step_with_dict_outputs_and_loss_terms(tmp_path):
                     step=two_head_step, out_dir=tmp_path, progress=False)
     h = learn.fit(4)
     assert h.columns.tolist() == ['epoch', 'train_loss', 'train_ce', 'train_aux', 'val_loss', 'val_ce', 'val_aux',
-                                  'val_auroc', 'lr', 'seconds']
+                                  'val_auroc', 'lr', 'seconds', 'best_epoch']
     assert np.allclose(h['train_loss'], h['train_ce'] + 0.5 * h['train_aux'], atol=1e-6)
     assert np.allclose(h['val_loss'], h['val_ce'] + 0.5 * h['val_aux'], atol=1e-6)
     assert h['train_ce'].iloc[-1] < h['train_ce'].iloc[0] and h['val_auroc'].iloc[-1] > 0.6, h
@@ -512,3 +513,44 @@ def test_loss_module_moves_to_the_learners_device(tmp_path):
     learn = make(tmp_path, loss=Spy(w_pos=torch.tensor([2., 3.]), w_neg=torch.ones(2)), device='cpu')
     assert learn.loss_fn.moved_to == (learn.device,)
     assert learn.fit(1)['train_loss'].notna().all()
+
+
+def _marked_epochs(fig) -> list[float]:
+    "The epochs marked by vertical lines on the metric panel of `plot_training_curves`."
+    return [l.get_xdata()[0] for l in fig.axes[1].get_lines() if len(set(l.get_xdata())) == 1 and len(l.get_xdata()) == 2]
+
+
+def test_best_epoch_marked_on_the_curve_is_the_checkpoint_kept(tmp_path):
+    """Defect (seed 001): with loss terms in the history, the curve marked 'best epoch 1' (the maximum of the first
+    train_<term> column) while best.pt held epoch 8. The mark must be the kept checkpoint, read back from the files too."""
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from cxr_notebooks.viz.plots import plot_training_curves
+    def step(model, batch, loss_fn):   # a loss term that falls every epoch: its maximum is epoch 1
+        loss, out = two_head_step(model, batch, loss_fn)
+        return loss, out if loss is None else {**out, 'loss_terms': {**out['loss_terms'], 'lam': torch.tensor(1.0 / batch['epoch'])}}
+    seed_everything(0); model = TwoHeads()
+    learn = Learner(model, DataLoader(Toy(40, 1), batch_size=8, shuffle=True), DataLoader(Toy(24, 2), batch_size=12),
+                    nn.BCEWithLogitsLoss(), create_optimizer('adam', model, 1e-2), None, step=step, out_dir=tmp_path,
+                    progress=False, metric=scripted([0.5, 0.6, 0.9, 0.7, 0.8]))
+    h = learn.fit(5)
+    kept = torch.load(tmp_path / 'best.pt', weights_only=True)['epoch']
+    assert kept == learn.best_epoch == 3 and h['train_lam'].idxmax() == 0
+    for history in (h, pd.read_csv(tmp_path / 'history.csv'), pd.read_json(tmp_path / 'history.json')):
+        fig = plot_training_curves(history)
+        assert _marked_epochs(fig) == [kept] and fig.axes[1].get_ylabel() == 'score', (history.columns, _marked_epochs(fig))
+        plt.close(fig)
+    stages = pd.concat([h.assign(stage=1), h.assign(stage=2, best_epoch=2)], ignore_index=True)   # as train_stages writes it
+    fig = plot_training_curves(stages)
+    assert _marked_epochs(fig) == [3, 2]
+    plt.close('all')
+
+
+def test_one_line_per_epoch_on_stdout_unless_quiet(tmp_path, capsys):
+    "A papermill run streams the kernel's stdout: one line per epoch says epoch, train loss, the metric, the kept epoch, seconds."
+    make(tmp_path / 'run' / 'stage1').fit(2)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith('run/stage1 epoch 1/2: train_loss ') and ', val_auroc ' in lines[0]
+    assert re.search(r'\(best( \d)?\), \d+\.\d s$', lines[1]), lines
+    make(tmp_path / 'quiet', verbose=False).fit(2)
+    assert capsys.readouterr().out == ''

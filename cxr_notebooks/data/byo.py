@@ -4,7 +4,7 @@
 
 # %% ../../nbs/data/15_byo.ipynb #2c742e62
 from __future__ import annotations
-import os, re
+import os, re, warnings
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 import numpy as np
@@ -14,8 +14,9 @@ from .contract import IMAGE_COLUMNS, XYXY_COLUMNS
 from .labels import NIH_LABELS, NO_FINDING, canonical_label
 
 # %% auto #0
-__all__ = ['BOX_COLUMN_SETS', 'PATIENT_FROM_NAME', 'where_in_csv', 'read_csv_checked', 'parse_label_column', 'check_files_exist',
-           'box_format_of', 'read_image_table_csv', 'patient_from_name_fn', 'read_class_folders']
+__all__ = ['BOX_COLUMN_SETS', 'MIN_IMAGE_SIDE', 'PATIENT_FROM_NAME', 'where_in_csv', 'read_csv_checked', 'parse_label_column',
+           'check_files_exist', 'box_format_of', 'read_image_table_csv', 'check_image_sizes', 'patient_from_name_fn',
+           'read_class_folders']
 
 # %% ../../nbs/data/15_byo.ipynb #bcc0d0e5
 def where_in_csv(source: str, row: int, column: str | None = None) -> str:
@@ -145,12 +146,16 @@ def read_image_table_csv(csv_path: str | os.PathLike, image_root: str | os.PathL
         raise CXRDataError(f"{src}: no labels; pass label_cols=[...] (0/1 columns) or add a 'labels' column "
                            f"like 'Effusion|Mass'; the file has {list(df.columns)}")
     boxes = _parse_boxes(df, box_cols, box_format_of(box_cols, src), box_label_col, names, src) if box_cols else None
-    # one row per image
-    first = ~df[image_col].duplicated()
+    # one row per image: one file however its path is spelt (`img/a.png`, `./img/a.png`, absolute)
+    root = Path(image_root) if image_root is not None else csv_path.parent
+    file = df[image_col].map(lambda p: os.path.normpath(os.path.abspath(_resolve(p, root))))
+    first = ~file.duplicated()
     if not box_cols and not first.all():
-        i = int(np.flatnonzero(~first.to_numpy())[0]); j = int(np.flatnonzero((df[image_col] == df[image_col].iat[i]).to_numpy())[0])
-        raise CXRDataError(f"{where_in_csv(src, i, image_col)}: image {df[image_col].iat[i]!r} already listed at row {j}; one row per image (or pass box_cols)")
-    codes = pd.factorize(df[image_col])[0]
+        i = int(np.flatnonzero(~first.to_numpy())[0]); j = int(np.flatnonzero((file == file.iat[i]).to_numpy())[0])
+        raise CXRDataError(f"{where_in_csv(src, i, image_col)}: image {df[image_col].iat[i]!r} already listed at row {j} (line {j + 2}) "
+                           f"as {df[image_col].iat[j]!r}; the two rows: {df.iloc[j].to_dict()} and {df.iloc[i].to_dict()}; "
+                           f"one row per image (or pass box_cols)")
+    codes = pd.factorize(file)[0]
     if y is None:
         y = np.zeros((first.sum(), len(names)), np.float32)
         if len(boxes): y[codes[boxes['row']], [names.index(l) for l in boxes['label']]] = 1
@@ -159,7 +164,6 @@ def read_image_table_csv(csv_path: str | os.PathLike, image_root: str | os.PathL
         for i in np.flatnonzero((y != y[firsts[codes]]).any(1)):
             raise CXRDataError(f"{where_in_csv(src, int(i))}: labels of image {df[image_col].iat[i]!r} differ from its row {firsts[codes[i]]}; an image's rows must agree")
         y = y[firsts]
-    root = Path(image_root) if image_root is not None else csv_path.parent
     d = df[first].reset_index(drop=True)
     out = pd.DataFrame({'image': d[image_col], 'path': [_resolve(p, root) for p in d[image_col]],
                         'patient_id': d[patient_col].replace('', np.nan) if patient_col else np.nan})
@@ -168,21 +172,40 @@ def read_image_table_csv(csv_path: str | os.PathLike, image_root: str | os.PathL
     for c in d.columns.difference([image_col, patient_col, mask_col, labels_col, *(label_cols or []), *box_cols, box_label_col] + list(out.columns), sort=False):
         num = pd.to_numeric(d[c].where(d[c] != ''), errors='coerce')
         out[c] = num if num.notna().sum() == (d[c] != '').sum() else d[c]
+    sizes = {}
     if check_files:
         check_files_exist(out['path'], src)
         if mask_col: check_files_exist(out['mask_path'].dropna(), src, 'mask')
+        sizes = check_image_sizes(out, [where_in_csv(src, int(r)) for r in np.flatnonzero(first.to_numpy())])
     if boxes is None: return out, None
-    boxes.insert(0, 'image', df[image_col].to_numpy()[boxes['row'].to_numpy(int)] if len(boxes) else [])
-    if check_files and len(boxes): _check_boxes_inside(boxes, out.set_index('image')['path'], src)
+    boxes.insert(0, 'image', d[image_col].to_numpy()[codes[boxes['row'].to_numpy(int)]] if len(boxes) else [])
+    if check_files and len(boxes): _check_boxes_inside(boxes, out.set_index('image')['path'].map(sizes), src)
     return out, boxes.drop(columns='row').astype(dict.fromkeys(XYXY_COLUMNS, float))
 
-def _check_boxes_inside(boxes: pd.DataFrame, paths: pd.Series, source: str) -> None:
-    "`CXRDataError` for the first box reaching outside its image (size from the file header)."
+#: Images (and masks) need at least this many pixels on each side: a 1-pixel "image" is a placeholder or a broken export.
+MIN_IMAGE_SIDE = 2
+
+def _pixel_size(path: str) -> tuple[int, int]:
+    "(width, height) of an image file, from its header."
     from PIL import Image
-    sizes = {}
+    with Image.open(path) as im: return im.size
+
+def check_image_sizes(table: pd.DataFrame, where: Sequence[str] | None = None) -> dict[str, tuple[int, int]]:
+    "Path -> (width, height) of every image of `table`; `CXRDataError` naming a file under `MIN_IMAGE_SIDE` pixels a side or a mask (`mask_path`) of another size than its image."
+    where = where or [f"row {i}" for i in range(len(table))]
+    sizes, masks = {}, table['mask_path'] if 'mask_path' in table.columns else [np.nan] * len(table)
+    for at, path, mask in zip(where, table['path'], masks):
+        w, h = sizes[path] = _pixel_size(path)
+        if min(w, h) < MIN_IMAGE_SIDE:
+            raise CXRDataError(f"{at}: {path} is {w}x{h} pixels; expected an image at least {MIN_IMAGE_SIDE} pixels on each side")
+        if isinstance(mask, str) and (mw_mh := _pixel_size(mask)) != (w, h):
+            raise CXRDataError(f"{at}: mask {mask} is {mw_mh[0]}x{mw_mh[1]} pixels but its image {path} is {w}x{h}; "
+                               f"expected a mask of the image's size (same pixels, same aspect)")
+    return sizes
+
+def _check_boxes_inside(boxes: pd.DataFrame, sizes: pd.Series, source: str) -> None:
+    "`CXRDataError` for the first box reaching outside its image (`sizes`: image -> (width, height))."
     for b in boxes.itertuples():
-        if b.image not in sizes:
-            with Image.open(paths[b.image]) as im: sizes[b.image] = im.size
         w, h = sizes[b.image]
         if b.x_max > w or b.y_max > h:
             raise CXRDataError(f"{where_in_csv(source, b.row)}: box ({b.x_min:g}, {b.y_min:g}, {b.x_max:g}, {b.y_max:g}) "
@@ -211,11 +234,21 @@ def _images_in(folder: Path, extensions: Sequence[str]) -> list[Path]:
     exts = {e.lower() for e in extensions}
     return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith('.') and f.suffix.lower() in exts)
 
+def _auto_patients(root: Path, files: Sequence[Path]) -> str | None:
+    "`'nih'` when every file name follows NIH's `PPPPPPPP_NNN.png`; else None, with a warning that no patient id is available."
+    pat = re.compile(PATIENT_FROM_NAME['nih'])
+    other = [f.name for f in files if not pat.search(f.name)]
+    if not other: return 'nih'
+    warnings.warn(f"{root}: no patient ids: {len(other)} of {len(files)} file names (e.g. {other[0]!r}) do not follow NIH's "
+                  f"PPPPPPPP_NNN.png, so patients cannot be told apart and a patient in two splits cannot be caught; pass "
+                  f"patient_from_name= (a regular expression whose first group is the patient, or a function of the file name)")
+    return None
+
 def read_class_folders(root: str | os.PathLike, split: str | Sequence[str] | None = None,
                        classes: Sequence[str] | None = None,
                        extensions: Sequence[str] = ('.png', '.jpg', '.jpeg'),
-                       patient_from_name: str | Callable[[str], str] | None = None) -> pd.DataFrame:
-    "An image table with one-hot class columns and `split` from `root/<split>/<class>/*.png` folders."
+                       patient_from_name: str | Callable[[str], str] | None = 'auto') -> pd.DataFrame:
+    "An image table with one-hot class columns and `split` from `root/<split>/<class>/*.png` folders (patients from NIH-style file names by default)."
     root = Path(root)
     if not root.is_dir(): raise CXRDataError(f"{root}: folder not found")
     top = _subdirs(root)
@@ -240,14 +273,17 @@ def read_class_folders(root: str | os.PathLike, split: str | Sequence[str] | Non
         missing = [k for k in classes if k not in c]
         if missing: raise CXRDataError(f"{root if s is np.nan else root / s}: class folder(s) {missing} not found; it has {sorted(c)}")
     if not classes: raise CXRDataError(f"{root}: no class folders found")
+    listed = {(s, cls): _images_in(cdirs[cls], extensions) for s, cdirs in layout.items() for cls in classes}
+    if patient_from_name == 'auto': patient_from_name = _auto_patients(root, [f for fs in listed.values() for f in fs])
     patient = patient_from_name_fn(patient_from_name)
     rows, onehot = [], []
     for s, cdirs in layout.items():
         for k, cls in enumerate(classes):
-            files = _images_in(cdirs[cls], extensions)
+            files = listed[s, cls]
             if not files: raise CXRDataError(f"{cdirs[cls]}: empty class folder (no {'/'.join(extensions)} files) for class {cls!r}")
             rows += [(f.relative_to(root).as_posix(), str(f), patient(f), s) for f in files]
             onehot += [k] * len(files)
     out = pd.DataFrame(rows, columns=[*IMAGE_COLUMNS, 'split'])
+    check_image_sizes(out, list(out['path']))
     y = pd.DataFrame(np.eye(len(classes), dtype=np.float32)[onehot], columns=list(classes))
     return pd.concat([out[list(IMAGE_COLUMNS)], y, out[['split']]], axis=1)

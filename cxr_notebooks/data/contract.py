@@ -43,13 +43,14 @@ def make_sample(image: np.ndarray,                    # uint8 (H, W) grey pixels
                 mask: np.ndarray | None = None,       # (H, W) 0/1 lung mask, or None
                 channels: int = 3,                    # 1, or 3 repeating the grey channel
                 transform: Callable | None = None,    # v2 transform of the whole dict
+                uint8: bool = False,                  # keep the pixels uint8 (1, H, W) (`channels` then applies on the device)
                ) -> dict:
     "The sample dict (`SAMPLE_KEYS`) of one image, transformed by `transform` with its boxes kept inside the image."
     if channels not in (1, 3): raise ValueError(f"channels={channels!r}; expected 1 or 3")
     h, w = image.shape
-    x = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255).unsqueeze(0)
+    x = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0)
     label = torch.tensor(label, dtype=torch.float32)   # copies: a sample never aliases its dataset's arrays
-    s = {'image': tv_tensors.Image(x.expand(channels, h, w).contiguous()), 'label': label,
+    s = {'image': tv_tensors.Image(x if uint8 else x.float().div_(255).expand(channels, h, w).contiguous()), 'label': label,
          'label_mask': torch.ones_like(label) if label_mask is None else torch.tensor(label_mask, dtype=torch.float32),
          'index': int(index)}
     if boxes is not None:

@@ -4,14 +4,15 @@
 
 # %% ../../nbs/data/16_datasets.ipynb #abcd18e2
 from __future__ import annotations
-import os
+import functools, gc, math, os, random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 from ..core import CXRDataError, embedded_data_dir, require_columns
@@ -20,7 +21,9 @@ from .labels import NIH_LABELS
 from .nih import nih_sample_table, read_nih_boxes
 
 # %% auto #0
-__all__ = ['read_image', 'CXRDataset', 'default_transforms', 'collate_cxr', 'usable_cpus', 'make_dataloader', 'sample_dataset']
+__all__ = ['read_image', 'affine_params', 'affine_matrix', 'AffineAugment', 'DeviceNormalize', 'finish_batch', 'CXRDataset',
+           'default_transforms', 'collate_cxr', 'usable_cpus', 'EpochSampler', 'SeededSamples', 'make_dataloader',
+           'sample_dataset']
 
 # %% ../../nbs/data/16_datasets.ipynb #ba246b18
 def _decode(path: str | os.PathLike) -> np.ndarray:
@@ -55,6 +58,88 @@ def read_image(path: str | os.PathLike, size: int | None = None, preprocess: Cal
     "A uint8 HxW grayscale image from a PNG/JPEG, area-resized to `size` x `size` if given (or passed through `preprocess`, e.g. `data.preprocess`)."
     return _preprocessed(_decode(path), size, preprocess, path)
 
+# %% ../../nbs/data/16_datasets.ipynb #5560b3ec
+def affine_params(height: int, width: int, crop_scale: tuple[float, float] = (0.8, 1.0), ratio: tuple[float, float] = (0.9, 1.1),
+                  rotation: float = 15.0, flip_p: float = 0.5) -> dict:
+    "One draw of v2's RandomResizedCrop + RandomHorizontalFlip + RandomRotation: crop `top, left, height, width`, `flip`, `angle`."
+    area, log_ratio = height * width, (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):   # v2's draws from torch's RNG, in v2's order
+        target = area * torch.empty(1).uniform_(*crop_scale).item()
+        aspect = math.exp(torch.empty(1).uniform_(*log_ratio).item())
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top, left = torch.randint(0, height - h + 1, size=(1,)).item(), torch.randint(0, width - w + 1, size=(1,)).item()
+            break
+    else:  # v2's fallback: the central crop of the nearest allowed aspect
+        aspect = width / height
+        w, h = ((width, int(round(width / min(ratio)))) if aspect < min(ratio) else
+                (int(round(height * max(ratio))), height) if aspect > max(ratio) else (width, height))
+        top, left = (height - h) // 2, (width - w) // 2
+    flip = bool(torch.rand(1) < flip_p)
+    return dict(top=top, left=left, height=h, width=w, flip=flip, angle=torch.empty(1).uniform_(-rotation, rotation).item())
+
+def affine_matrix(p: dict, size: int) -> np.ndarray:
+    "The 2x3 matrix (pixel-corner coordinates) of `affine_params` `p`: crop resized to `size`, flipped, rotated `angle`° counter-clockwise."
+    sx, sy = size / p['width'], size / p['height']
+    m = np.array([[sx, 0, -p['left'] * sx], [0, sy, -p['top'] * sy], [0, 0, 1]])
+    if p['flip']: m = np.array([[-1, 0, size], [0, 1, 0], [0, 0, 1]]) @ m
+    a, c = math.radians(p['angle']), size / 2   # about the centre, as v2 and cv2.getRotationMatrix2D
+    cos, sin = math.cos(a), math.sin(a)
+    return (np.array([[cos, sin, c - cos * c - sin * c], [-sin, cos, c + sin * c - cos * c], [0, 0, 1]]) @ m)[:2]
+
+def _warp(img: np.ndarray, m: np.ndarray, size: int, interpolation: int) -> np.ndarray:
+    "`img` through the corner-coordinate matrix `m` onto a black `size` x `size` canvas (OpenCV samples pixel centres)."
+    px = m.copy(); px[:, 2] += m[:, :2].sum(1) * 0.5 - 0.5
+    return cv2.warpAffine(img, px, (size, size), flags=interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+def _warp_boxes(boxes: np.ndarray, p: dict, m: np.ndarray, size: int) -> np.ndarray:
+    "XYXY boxes moved as v2 moves them: clamped to the crop, then the box around the warped corners, clamped to the image."
+    lt, wh = np.array([p['left'], p['top']] * 2, np.float64), np.array([p['width'], p['height']] * 2, np.float64)
+    b = np.clip(np.asarray(boxes, np.float64).reshape(-1, 4) - lt, 0, wh) + lt
+    xy = b[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 4, 2) @ m[:, :2].T + m[:, 2]
+    return np.clip(np.concatenate([xy.min(1), xy.max(1)], 1), 0, size).astype(np.float32)
+
+_NORMALIZE = {'imagenet': (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD), 'half': ((0.5,) * 3, (0.5,) * 3), None: None}
+
+def _check_normalize(normalize: str | None, channels: int | None = None) -> None:
+    "`CXRDataError` for an unknown normalisation, or ImageNet's on 1 channel."
+    if normalize not in _NORMALIZE: raise CXRDataError(f"normalize={normalize!r}: expected 'imagenet', 'half' or None")
+    if normalize == 'imagenet' and channels == 1: raise CXRDataError("normalize='imagenet' needs channels=3 (ImageNet's mean/std are per RGB channel)")
+
+@dataclass(frozen=True)
+class AffineAugment:
+    "`default_transforms(size, train=True)` as one OpenCV warp of the uint8 image, its boxes and mask; `normalize` happens on the device."
+    size: int                               # output side, px
+    normalize: str | None = 'imagenet'      # 'imagenet', 'half' or None, applied by `DeviceNormalize`
+    rotation: float = 15.0                  # max angle, degrees
+    crop_scale: tuple[float, float] = (0.8, 1.0)  # crop area as a fraction of the image
+    ratio: tuple[float, float] = (0.9, 1.1) # crop aspect range
+    def __post_init__(self): _check_normalize(self.normalize)
+    def __call__(self, img: np.ndarray, boxes: np.ndarray | None = None, mask: np.ndarray | None = None):
+        "`(image, boxes, mask)` warped by one random matrix (uint8 `size` x `size`; None stays None)."
+        p = affine_params(*img.shape, self.crop_scale, self.ratio, self.rotation)
+        m = affine_matrix(p, self.size)
+        return (_warp(img, m, self.size, cv2.INTER_LINEAR), None if boxes is None else _warp_boxes(boxes, p, m, self.size),
+                None if mask is None else _warp(mask, m, self.size, cv2.INTER_NEAREST))
+
+@dataclass(frozen=True)
+class DeviceNormalize:
+    "uint8 (B, 1, H, W) images -> the float model input (B, `channels`, H, W), normalised, computed where the images are."
+    normalize: str | None = 'imagenet'
+    channels: int = 3
+    def __post_init__(self): _check_normalize(self.normalize, self.channels)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255)
+        if self.normalize is None: return x.expand(-1, self.channels, -1, -1).contiguous()
+        mean, std = (torch.tensor(v[:self.channels], device=x.device).view(1, -1, 1, 1) for v in _NORMALIZE[self.normalize])
+        return x.expand(-1, self.channels, -1, -1).sub(mean).div_(std)
+
+def finish_batch(batch: dict) -> dict:
+    "The batch with its `device_transform` (a `DeviceNormalize`, put there by `make_dataloader`) applied to `image` where it now is."
+    if not isinstance(batch, dict) or 'device_transform' not in batch: return batch
+    out = dict(batch); out['image'] = out.pop('device_transform')(out['image'])
+    return out
+
 # %% ../../nbs/data/16_datasets.ipynb #d8d2a6de
 class CXRDataset(Dataset):
     "The `data.contract` sample dicts (`make_sample`) of the images of an image table, with its boxes and masks."
@@ -67,6 +152,7 @@ class CXRDataset(Dataset):
         missing = [c for c in self.labels if c not in table.columns]
         if missing: raise CXRDataError(f"{name}: label column(s) {missing} not found; it has {list(table.columns)}")
         if channels not in (1, 3): raise CXRDataError(f"channels={channels}: expected 1 or 3")
+        if isinstance(transform, AffineAugment): _check_normalize(transform.normalize, channels)
         self.table, self.transform, self.channels, self.cache = table.reset_index(drop=True), transform, channels, cache
         for c in self.labels:
             v = pd.to_numeric(self.table[c], errors='coerce')
@@ -110,6 +196,11 @@ class CXRDataset(Dataset):
 
     def __len__(self) -> int: return len(self.paths)
 
+    @property
+    def device_transform(self) -> DeviceNormalize | None:
+        "What makes the model input of a batch on the device (uint8 samples of an `AffineAugment`), else None."
+        return DeviceNormalize(self.transform.normalize, self.channels) if isinstance(self.transform, AffineAugment) else None
+
     def _pixels(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
         "Row `i`'s uint8 pixels at `image_size` and the (h, w) of the stored file."
         if self.cache is not None:
@@ -128,7 +219,12 @@ class CXRDataset(Dataset):
         if self.mask_paths is not None:
             m = cv2.resize(_decode(self.mask_paths[i]), (w, h), interpolation=cv2.INTER_NEAREST)
             mask = (m > m.max() // 2).astype(np.uint8)   # 0/1 or 0/255 files
-        return make_sample(img, self._y[i], i, self._mask[i], boxes, box_labels, mask, self.channels, self.transform)
+        if not isinstance(self.transform, AffineAugment):
+            return make_sample(img, self._y[i], i, self._mask[i], boxes, box_labels, mask, self.channels, self.transform)
+        img, boxes, mask = self.transform(img, boxes, mask)
+        if boxes is not None:   # v2.SanitizeBoundingBoxes: a box under a pixel wide or high is gone, with its label
+            keep = ((boxes[:, 2:] - boxes[:, :2]) >= 1).all(1); boxes, box_labels = boxes[keep], box_labels[keep]
+        return make_sample(img, self._y[i], i, self._mask[i], boxes, box_labels, mask, self.channels, uint8=True)
 
 # %% ../../nbs/data/16_datasets.ipynb #711adc15
 def default_transforms(image_size: int, train: bool, normalize: str | None = 'imagenet',
@@ -143,13 +239,14 @@ def default_transforms(image_size: int, train: bool, normalize: str | None = 'im
     return v2.Compose(steps)
 
 # %% ../../nbs/data/16_datasets.ipynb #16b9c333
-def collate_cxr(batch: Sequence[dict]) -> dict:
-    "Stack `image`/`label`/`label_mask`/`mask`, make `index` a tensor, keep `boxes`/`box_labels` as lists."
+def collate_cxr(batch: Sequence[dict], device_transform: Callable | None = None) -> dict:
+    "Stack `image`/`label`/`label_mask`/`mask`, make `index` a tensor, keep `boxes`/`box_labels` as lists (+ `device_transform`)."
     out = {k: torch.stack([torch.as_tensor(s[k]).as_subclass(torch.Tensor) for s in batch])
            for k in ('image', 'label', 'label_mask', 'mask') if k in batch[0]}
     out['index'] = torch.tensor([s['index'] for s in batch], dtype=torch.int64)
     for k in ('boxes', 'box_labels'):
         if k in batch[0]: out[k] = [s[k] for s in batch]
+    if device_transform is not None: out['device_transform'] = device_transform
     return out
 
 def usable_cpus() -> int:
@@ -157,22 +254,49 @@ def usable_cpus() -> int:
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
 
-def _seed_worker(worker_id: int) -> None:
-    "Seed NumPy and `random` in a loader worker from the seed PyTorch gave it."
-    import random
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s); random.seed(s)
+class EpochSampler(Sampler):
+    "Each epoch: a key drawn from `generator`, then `(index, key)` for every index (a seeded permutation when `shuffle`)."
+    def __init__(self, n: int, shuffle: bool, generator: torch.Generator):
+        self.n, self.shuffle, self.generator = n, shuffle, generator
+    def __len__(self) -> int: return self.n
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        key = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        order = torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle else range(self.n)
+        return ((i, key) for i in order)
+
+class SeededSamples(Dataset):
+    "`ds` read by `(index, key)` under torch/NumPy/Python RNGs seeded from `(key, index)`; the caller's RNG states are kept."
+    def __init__(self, ds: Dataset): self.ds = ds
+    def __len__(self) -> int: return len(self.ds)
+    def __getattr__(self, name: str):  # the wrapped dataset's attributes (table, labels, ...), for code that reads `dl.dataset`
+        if name.startswith('__') or name == 'ds': raise AttributeError(name)
+        return getattr(self.ds, name)
+    def __getitem__(self, item: tuple[int, int] | int):
+        if not isinstance(item, tuple): return self.ds[item]
+        i, key = item
+        seed = int(np.random.SeedSequence([key, i]).generate_state(1, np.uint64)[0])
+        np_state, py_state = np.random.get_state(), random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed); np.random.seed(seed % 2**32); random.seed(seed)
+            try: return self.ds[i]
+            finally: np.random.set_state(np_state); random.setstate(py_state)
+
+def _worker_init(worker_id: int) -> None:
+    "In a fresh loader worker: leave every object inherited from the parent to the parent's garbage collector."
+    gc.freeze()
 
 def make_dataloader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int | str = 'auto',
                     pin_memory: bool | str = 'auto', drop_last: bool = False) -> DataLoader:
-    "A `DataLoader` with `collate_cxr`, seeded shuffling and workers/pinning sized for this machine."
+    "A `DataLoader` with `collate_cxr`, per-sample seeds (results independent of `num_workers`) and workers/pinning sized for this machine."
     if num_workers == 'auto':
         num_workers = 0 if len(ds) <= 4 * batch_size else min(8, max(1, usable_cpus() - 1))
     if pin_memory == 'auto': pin_memory = torch.cuda.is_available()
-    g = torch.Generator(); g.manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate_cxr,
-                      pin_memory=bool(pin_memory), drop_last=drop_last, generator=g, worker_init_fn=_seed_worker,
-                      persistent_workers=False)  # fresh workers each epoch, seeded from `g`: exact resume (see train.learner)
+    dt = getattr(ds, 'device_transform', None)
+    return DataLoader(SeededSamples(ds), batch_size=batch_size, sampler=EpochSampler(len(ds), shuffle, torch.Generator().manual_seed(seed)),
+                      num_workers=num_workers, collate_fn=collate_cxr if dt is None else functools.partial(collate_cxr, device_transform=dt),
+                      pin_memory=bool(pin_memory), drop_last=drop_last, worker_init_fn=_worker_init,
+                      generator=torch.Generator().manual_seed(seed),  # draws only the workers' unused base seed
+                      persistent_workers=False)  # fresh workers each epoch (see train.learner)
 
 # %% ../../nbs/data/16_datasets.ipynb #3b1d8ff3
 def sample_dataset(size: int = 256, split: str | None = None, transform: Callable | None = None,

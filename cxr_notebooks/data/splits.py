@@ -4,7 +4,7 @@
 
 # %% ../../nbs/data/13_splits.ipynb #43bb80a5
 from __future__ import annotations
-import math
+import math, re
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -20,10 +20,11 @@ __all__ = ['patient_keys', 'check_patient_disjoint', 'check_no_empty_class', 'ni
 
 # %% ../../nbs/data/13_splits.ipynb #937f4eb8
 def _patient_key(v: object) -> str:
-    "One patient id as a comparable string: stripped, and a whole number (`3`, `3.0`, `'00000003'`) as its value `'3'`."
+    "One patient id as a comparable string: stripped, and a whole number (`3`, `3.0`, `'3.0'`, `'00000003'`) as its value `'3'`."
     if isinstance(v, (float, np.floating)) and float(v).is_integer(): v = int(v)
     s = str(v).strip()
-    return (s.lstrip('0') or '0') if s.isdecimal() else s
+    whole = re.fullmatch(r'(\d+)(?:\.0*)?', s)   # '3.0': an id a CSV or spreadsheet wrote as a float
+    return (whole[1].lstrip('0') or '0') if whole else s
 
 def _patient_order_key(key: str) -> tuple:
     "Sort key of a patient key: numbers first, in numeric order (as zero-padded ids sort), then the rest as text."

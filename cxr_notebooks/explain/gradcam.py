@@ -16,7 +16,7 @@ __all__ = ['grad_cam']
 # %% ../../nbs/explain/41_gradcam.ipynb #7fe9bb22
 def grad_cam(model: nn.Module,                                 # the classifier, in train or eval mode, under autocast or not
              images: torch.Tensor,                             # input batch (B, C, H, W)
-             class_idx: int | Sequence[int] | torch.Tensor,    # the class of each map: one for all images, or B of them
+             class_idx: int | Sequence[int] | torch.Tensor | None,  # the class of each map: one for all, B of them, or None: the predicted (argmax)
              layer: nn.Module | str | None = None,             # target layer: a module, its name, or None (the registered one)
              normalize: bool = True,                           # min-max scale each map to [0, 1] (differentiably)
              eps: float = 1e-7,                                # lower bound of max - min when normalizing (flat maps become 0)
@@ -32,7 +32,7 @@ def grad_cam(model: nn.Module,                                 # the classifier,
     if not isinstance(A, torch.Tensor) or not A.requires_grad:
         raise ValueError(f"target layer output is {type(A).__name__}{'' if not isinstance(A, torch.Tensor) else ' without grad'}: "
                          "expected a tensor in the autograd graph (not under torch.no_grad(), parameters or input requiring grad)")
-    idx = torch.as_tensor(class_idx, device=logits.device).long().reshape(-1)
+    idx = logits.detach().argmax(1) if class_idx is None else torch.as_tensor(class_idx, device=logits.device).long().reshape(-1)
     if idx.numel() == 1: idx = idx.expand(len(logits))
     if idx.numel() != len(logits): raise ValueError(f"{idx.numel()} class indices for {len(logits)} images; expected one or one per image")
     if ((idx < 0) | (idx >= logits.shape[-1])).any():

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Sequence
 import pandas as pd
 from torch import nn
-from ..eval.paper import PaperColumn
+from ..eval.paper import Citation, PaperColumn
 from ..losses.classification import class_balanced_weights, create_loss, label_counts
 
 # %% auto #0
@@ -15,7 +15,9 @@ __all__ = ['PAPER', 'PROFILES', 'default_image_size', 'aggregate_loss', 'loss_we
 
 # %% ../../nbs/methods/80_aggregate.ipynb #59ed578c
 PAPER: dict = dict(seed='002', source='002_ebbdae81f59a347f.txt',
-                   title='Nugroho, "An Aggregate Method for Thorax Diseases Classification"')
+                   title='Nugroho, "An Aggregate Method for Thorax Diseases Classification"',
+                   citation=Citation('B. A. Nugroho', 'An Aggregate Method for Thorax Diseases Classification',
+                                     note='Curtin University; the text names no venue, year or DOI'))
 
 PROFILES: dict[str, dict] = {
     'smoke': dict(image_size=128, epochs=4, batch_size=16, lr=1e-3, n_bootstrap=200, on_missing_weights='warn'),

@@ -16,6 +16,7 @@ from ..data.cache import ImageCache
 from ..data.contract import BOX_COLUMNS
 from ..data.datasets import CXRDataset, default_transforms, make_dataloader
 from ..data.preprocess import PreprocessChain, seed004_augmentation, seed004_preprocess
+from ..eval.paper import Citation
 from ..eval.predictions import prediction_arrays
 from ..losses.classification import WeightedBCELoss, inverse_frequency_weights, label_counts
 from ..metrics.thresholds import choose_thresholds, thresholded_metrics
@@ -32,7 +33,9 @@ __all__ = ['PAPER', 'REPORT', 'SECTIONS', 'PROFILES', 'MODELS', 'SUMMARY_METRICS
 
 # %% ../../nbs/methods/84_data_efficient.ipynb #d0cea1e4
 PAPER: dict = dict(seed='004', source='004_63ef8d8233eceb4f.txt',
-                   title='"Data-Efficient Deep Learning for Disease Classification on Chest X-ray Images" (project report)')
+                   title='"Data-Efficient Deep Learning for Disease Classification on Chest X-ray Images" (project report)',
+                   citation=Citation('', 'Data-Efficient Deep Learning for Disease Classification on Chest X-ray Images',
+                                     'project report', note='the report names no author'))
 
 REPORT: dict = {
     'split_sizes': ({'train': 3460, 'val': 866, 'test': 1280}, '§4.1.3'),

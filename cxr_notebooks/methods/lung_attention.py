@@ -18,23 +18,29 @@ from ..core import CXRDataError
 from ..data.datasets import make_dataloader, read_image
 from ..data.labels import NO_FINDING
 from ..data.splits import check_patient_disjoint
+from ..eval.paper import Citation
 from ..explain.gradcam import grad_cam
-from ..losses.attention import AttentionLoss, cam_mass_in_prior, in_prior_fraction, parse_lambda
+from ..losses.attention import ATTENTION_MEASURES, AttentionLoss, cam_mass_in_prior, in_prior_fraction, parse_lambda
 from ..metrics.classification import bootstrap_ci, confusion_metrics, youden_threshold
 from ..models.lungseg import LungSegmenter, lung_box, lung_segmenter
 from ..train.learner import predict
 from ..train.stages import Stage, StagesResult, stage_dataset, train_stages
 
 # %% auto #0
-__all__ = ['PAPER', 'PROFILES', 'TASKS', 'TASK_LABELS', 'PAPER_MODELS', 'SWEEP_TABLES', 'LAMBDAS', 'SEED000_TABLE_METRICS',
-           'task_classes', 'parse_lambdas', 'prior_region', 'lung_boxes', 'image_finding', 'with_prior_masks',
-           'nih_task_split', 'task_summary', 'phantom_task_split', 'byo_task_split', 'AttentionStep', 'val_accuracy',
+__all__ = ['PAPER', 'PROFILES', 'TASKS', 'TASK_LABELS', 'PAPER_MODELS', 'SWEEP_TABLES', 'LAMBDAS', 'NIH_PROTOCOLS',
+           'AUTHORS_SWAPS', 'CAM_TARGETS', 'SCHEDULES', 'SEED000_TABLE_METRICS', 'task_classes', 'parse_lambdas',
+           'prior_region', 'lung_boxes', 'image_finding', 'with_prior_masks', 'shared_patients', 'nih_task_split',
+           'task_summary', 'phantom_task_split', 'byo_task_split', 'check_cam_target', 'AttentionStep', 'val_accuracy',
            'train_lung_attention', 'eval_loader', 'predict_probs', 'cam_in_prior', 'seed000_scores', 'seed000_table',
            'validation_threshold']
 
 # %% ../../nbs/methods/81_lung_attention.ipynb #24aa5942
 PAPER: dict = dict(seed='000', source='000_b327a660d03fbc7d.txt',
-                   title='Wu, Japkowicz, Gilbert, Corizzo, "Localization-aware chest X-ray classification via segmentation and gradient-based attention"')
+                   title='Wu, Japkowicz, Gilbert, Corizzo, "Localization-aware chest X-ray classification via segmentation and gradient-based attention"',
+                   citation=Citation('Wu, Japkowicz, Gilbert, Corizzo',
+                                     'Localization-aware chest X-ray classification via segmentation and gradient-based attention',
+                                     'Data Mining and Knowledge Discovery 40(4):47', 2026,
+                                     note='supplementary material: metrics and Tables I-IX; code: rcorizzo/cxr-segmentation-attention'))
 
 PROFILES: dict[str, dict] = {
     'phantom': dict(backbone='mobilenetv2_100', cam_layer='blocks[2]', image_size=64, epochs=6, batch_size=16, lr=3e-4,
@@ -81,14 +87,15 @@ def prior_region(box: Sequence[int], # (x0, y0, x1, y1) lung box, exclusive max,
                  finding: str | None, # 'Effusion', 'Pneumothorax', 'Subcutaneous emphysema'; None, NaN or 'No Finding': empty
                  size: int, # model input side
                 ) -> np.ndarray:
-    "Seed 000's 0/1 prior region (size, size) of `finding` from the lung box."
+    "Seed 000's 0/1 prior region (size, size) of `finding` from the lung box, drawn as the authors' code draws it."
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size): raise CXRDataError(f"lung box {tuple(box)} is not inside a {size}x{size} image")
-    m, mid = np.zeros((size, size), np.uint8), (y0 + y1) // 2
+    m = np.zeros((size, size), np.uint8)
     if not isinstance(finding, str) or finding == NO_FINDING: return m   # None / NaN: a No Finding image
+    mid = round(y0 + (y1 - y0) / 2)                                      # Python's round, as the authors'
     if finding == 'Effusion': m[mid:y1, x0:x1] = 1
     elif finding == 'Pneumothorax': m[y0:mid, x0:x1] = 1
-    elif finding == 'Subcutaneous emphysema': m[y0:, :x0] = 1; m[y0:, x1:] = 1
+    elif finding == 'Subcutaneous emphysema': m[:] = 1; m[y0:, x0:x1] = 0
     else: raise ValueError(f"finding={finding!r}: no prior region; expected Effusion, Pneumothorax, Subcutaneous emphysema or No Finding")
     return m
 
@@ -166,6 +173,15 @@ def with_prior_masks(table: pd.DataFrame, # image table with `image`, `path` and
                         box_source=boxes['source'].values)
 
 # %% ../../nbs/methods/81_lung_attention.ipynb #6e167eaa
+NIH_PROTOCOLS: tuple[str, ...] = ('authors', 'patient_disjoint')
+
+#: the authors' boundary fixes: per sliced class, ((part, image), (part, image)) pairs swapped after slicing
+AUTHORS_SWAPS: dict[str, tuple[tuple[tuple[str, str], tuple[str, str]], ...]] = {
+    'Effusion': ((('val', '00022233_000.png'), ('test', '00022245_002.png')),),
+    'Pneumothorax': ((('train', '00017801_004.png'), ('val', '00017942_002.png')),
+                     (('val', '00024749_000.png'), ('test', '00025082_007.png')))}
+_PARTS = ('train', 'val', 'test')
+
 def _first_image_parts(order: pd.DataFrame, fractions: Sequence[float]) -> np.ndarray:
     "Part index (0, 1, 2) of each row in file order: cut by position, each patient sent to the part of its first row."
     n = len(order)
@@ -173,34 +189,103 @@ def _first_image_parts(order: pd.DataFrame, fractions: Sequence[float]) -> np.nd
     part = pd.Series(np.searchsorted(cuts, np.arange(n), side='right'), index=order.index)
     return part.groupby(order['patient_id'].astype(str).to_numpy(), sort=False).transform('first').to_numpy()
 
-def nih_task_split(table: pd.DataFrame, # NIH metadata (Data_Entry order): image, patient_id and a findings column
-                   task: str, # a `TASKS` name: effusion, pneumothorax or 3class
-                   seed: int = 42, # the authors' seed for the No Finding draw and the down-sampling
-                   fractions: Sequence[float] = (0.6, 0.2, 0.2), # train/val/test shares of the positives
-                   labels_column: str = 'finding_labels', # the 'Finding Labels' string column
-                  ) -> dict[str, pd.DataFrame]:
-    "Seed 000's train/val/test tables of `task`: single-label images, positives cut in file order, No Finding drawn 1:1."
-    classes = task_classes(task)
-    if labels_column not in table.columns: raise CXRDataError(f"the NIH table has no {labels_column!r} column; expected Data_Entry's Finding Labels")
-    single = table[table[labels_column].isin(classes)]
-    pos = single[single[labels_column] != NO_FINDING]
-    if pos.empty: raise CXRDataError(f"task {task!r}: no single-label {classes[1:]} image in the table ({len(table)} rows)")
+def _patient_disjoint_parts(single: pd.DataFrame, classes: Sequence[str], task: str, seed: int, fractions: Sequence[float],
+                            col: str) -> dict[str, pd.DataFrame]:
+    "Our construction: positives cut by first image per patient, No Finding dealt by patient, down-sampled 1:1."
+    pos = single[single[col] != NO_FINDING]
     pos_part = _first_image_parts(pos, fractions)
-    nf = single[(single[labels_column] == NO_FINDING) & ~single['patient_id'].astype(str).isin(set(pos['patient_id'].astype(str)))]
+    nf = single[(single[col] == NO_FINDING) & ~single['patient_id'].astype(str).isin(set(pos['patient_id'].astype(str)))]
     patients = np.random.default_rng(seed).permutation(nf['patient_id'].astype(str).unique())
     cuts = np.round(np.cumsum(fractions)[:-1] * len(patients)).astype(int)
     nf_part = nf['patient_id'].astype(str).map(dict(zip(patients, np.searchsorted(cuts, np.arange(len(patients)), side='right')))).to_numpy()
     parts = {}
-    for k, name in enumerate(('train', 'val', 'test')):
+    for k, name in enumerate(_PARTS):
         p = pos[pos_part == k]
-        n = int((p[labels_column] == classes[-1]).sum()) if task == '3class' else len(p)
-        keep = [p[p[labels_column] == c] for c in classes[1:]]
+        n = int((p[col] == classes[-1]).sum()) if task == '3class' else len(p)
+        keep = [p[p[col] == c] for c in classes[1:]]
         keep = [g if len(g) <= n else g.sample(n=n, random_state=seed) for g in keep]
         nfk = nf[nf_part == k]
         keep.append(nfk if len(nfk) <= n else nfk.sample(n=n, random_state=seed))
-        t = pd.concat(keep).sort_index().reset_index(drop=True)
-        parts[name] = t.assign(**{c: (t[labels_column] == c).astype(np.float32) for c in classes})
-    check_patient_disjoint(parts)
+        parts[name] = pd.concat(keep)
+    return parts
+
+def _authors_slices(images: list[str], swaps, fractions: Sequence[float]) -> tuple[dict[str, list[str]], list[str]]:
+    "The authors' file-order slices (val and test of equal size) with their named swaps; and the swaps that could not be made."
+    n = len(images); n_train, n_val = round(n * fractions[0]), round(n * fractions[1])
+    parts = {'train': images[:n_train], 'val': images[n_train:n_train + n_val], 'test': images[n_train + n_val:n_train + 2 * n_val]}
+    skipped = []
+    for (pa, a), (pb, b) in swaps:
+        if a in parts[pa] and b in parts[pb]:
+            i, j = parts[pa].index(a), parts[pb].index(b); parts[pa][i], parts[pb][j] = b, a
+        else: skipped.append(f'{pa} {a} <-> {pb} {b}')
+    return parts, skipped
+
+def _authors_parts(single: pd.DataFrame, classes: Sequence[str], seed: int, fractions: Sequence[float],
+                   col: str) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    "The authors' construction (`data_prepare.py`): sliced class with swaps, Effusion and No Finding drawn per part."
+    import random
+    img = single['image'].astype(str); pid = dict(zip(img, single['patient_id'].astype(str)))
+    by_class = {c: img[single[col] == c].tolist() for c in classes}
+    sliced = classes[-1]                                       # Effusion or Pneumothorax; Pneumothorax in the 3-class task
+    chosen, skipped = _authors_slices(by_class[sliced], AUTHORS_SWAPS.get(sliced, ()), fractions)
+    chosen = {k: {sliced: v} for k, v in chosen.items()}
+    pats = lambda *lists: {pid[i] for l in lists for i in l}
+    if len(classes) == 3:                                      # Effusion drawn from patients not in the other parts
+        p, e = {k: chosen[k][sliced] for k in _PARTS}, by_class['Effusion']
+        exclude = {'train': lambda d: pats(p['val'], p['test']),
+                   'val': lambda d: pats(p['train'], p['test'], d['train']),
+                   'test': lambda d: pats(p['train'], d['train'], p['val'], d['val'])}
+        drawn = {}
+        for k in _PARTS:
+            ex = exclude[k](drawn)
+            cand = [i for i in e if pid[i] not in ex]
+            rng = random.Random(seed)                          # the authors reseed before each draw
+            drawn[k] = rng.sample(cand, min(len(p[k]), len(cand)))
+            chosen[k]['Effusion'] = drawn[k]
+    positives = pats(*[by_class[c] for c in classes[1:]])
+    candidates = sorted({pid[i] for i in by_class[NO_FINDING]} - positives)   # theirs: iteration order of a set (not reproducible)
+    rng, remaining, groups = random.Random(seed), candidates, {}
+    for k in _PARTS:
+        groups[k] = set(rng.sample(remaining, min(len(chosen[k][sliced]), len(remaining))))
+        remaining = [q for q in remaining if q not in groups[k]]
+    rng = random.Random(seed)
+    for k in _PARTS:
+        nf_k = [i for i in by_class[NO_FINDING] if pid[i] in groups[k]]
+        chosen[k][NO_FINDING] = rng.sample(nf_k, min(len(chosen[k][sliced]), len(nf_k)))
+    row = dict(zip(img, single.index))
+    return {k: single.loc[[row[i] for c in classes for i in chosen[k].get(c, [])]] for k in _PARTS}, skipped
+
+def shared_patients(parts: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    "Patients with images in more than one part: patient_id, the parts, and their images."
+    t = pd.concat([v[['image', 'patient_id']].assign(part=k) for k, v in parts.items()])
+    t['patient_id'] = t['patient_id'].astype(str)
+    n = t.groupby('patient_id')['part'].nunique()
+    s = t[t['patient_id'].isin(n.index[n > 1])]
+    return (s.groupby('patient_id', sort=True).agg(parts=('part', lambda x: ', '.join(sorted(set(x)))), images=('image', ', '.join))
+            .reset_index())
+
+def nih_task_split(table: pd.DataFrame, # NIH metadata (Data_Entry order): image, patient_id and a findings column
+                   task: str, # a `TASKS` name: effusion, pneumothorax or 3class
+                   protocol: str = 'authors', # 'authors' (their slicing, swaps and draws) or 'patient_disjoint' (ours)
+                   seed: int = 42, # the authors' seed for the draws and the down-sampling
+                   fractions: Sequence[float] = (0.6, 0.2, 0.2), # train/val/test shares of the sliced images
+                   labels_column: str = 'finding_labels', # the 'Finding Labels' string column
+                  ) -> dict[str, pd.DataFrame]:
+    "Seed 000's train/val/test tables of `task` by `protocol`: single-label images, sliced in file order, No Finding drawn 1:1."
+    classes = task_classes(task)
+    if protocol not in NIH_PROTOCOLS: raise ValueError(f"protocol={protocol!r}: expected one of {', '.join(NIH_PROTOCOLS)}")
+    if labels_column not in table.columns: raise CXRDataError(f"the NIH table has no {labels_column!r} column; expected Data_Entry's Finding Labels")
+    single = table[table[labels_column].isin(classes)]
+    if not single[labels_column].isin(classes[1:]).any():
+        raise CXRDataError(f"task {task!r}: no single-label {classes[1:]} image in the table ({len(table)} rows)")
+    if protocol == 'authors': raw, skipped = _authors_parts(single, classes, seed, fractions, labels_column)
+    else: raw, skipped = _patient_disjoint_parts(single, classes, task, seed, fractions, labels_column), []
+    parts = {}
+    for k, t in raw.items():
+        t = t.sort_index().reset_index(drop=True)
+        parts[k] = t.assign(**{c: (t[labels_column] == c).astype(np.float32) for c in classes})
+    if protocol == 'patient_disjoint': check_patient_disjoint(parts)
+    for t in parts.values(): t.attrs.update(protocol=protocol, skipped_swaps=skipped)
     return parts
 
 def task_summary(parts: Mapping[str, pd.DataFrame], classes: Sequence[str]) -> pd.DataFrame:
@@ -209,30 +294,37 @@ def task_summary(parts: Mapping[str, pd.DataFrame], classes: Sequence[str]) -> p
                          for k, t in parts.items()})
 
 # %% ../../nbs/methods/81_lung_attention.ipynb #1b623e7a
-def phantom_task_split(root: str | Path, task: str, n: int, size: int, seed: int = 0) -> dict[str, pd.DataFrame]:
-    "Seed 000's parts of `task` built from `n` phantoms written under `root` (lung masks in `mask_path`)."
+def phantom_task_split(root: str | Path, task: str, n: int, size: int, seed: int = 0, protocol: str = 'authors') -> dict[str, pd.DataFrame]:
+    "Seed 000's parts of `task` by `protocol`, built from `n` phantoms written under `root` (lung masks in `mask_path`)."
     from cxr_notebooks.data.synth import write_phantom_folder
     pos = task_classes(task)[1:]
     table, _ = write_phantom_folder(root, n, size, classes=pos, seed=seed, prevalence=len(pos) / (len(pos) + 1), multi_label=False,
                                     images_per_patient=1)
-    return nih_task_split(table.rename(columns={'Finding Labels': 'finding_labels'}), task)
+    return nih_task_split(table.rename(columns={'Finding Labels': 'finding_labels'}), task, protocol)
 
-def byo_task_split(root: str | Path, task: str, patient_from_name: str | Callable | None = None) -> dict[str, pd.DataFrame]:
+def byo_task_split(root: str | Path, task: str, patient_from_name: str | Callable | None = 'auto') -> dict[str, pd.DataFrame]:
     "The train/val/test parts of a `root/<split>/<class>/*.png` dataset with the task's class folders (e.g. Ottawa)."
     from cxr_notebooks.data.byo import read_class_folders
     classes = task_classes(task)
     t = read_class_folders(root, split=['train', 'val', 'test'], classes=list(classes), patient_from_name=patient_from_name)
-    if patient_from_name is None: t['patient_id'] = t['image']   # no patient ids in the file names: each image its own patient
+    if t['patient_id'].isna().all(): t['patient_id'] = t['image']   # no patient ids in the file names (read_class_folders warned): each image its own patient
     t['finding_labels'] = np.asarray(classes)[t[list(classes)].to_numpy().argmax(1)]
     parts = {s: t[t['split'] == s].reset_index(drop=True) for s in ('train', 'val', 'test')}
     check_patient_disjoint(parts)
     return parts
 
 # %% ../../nbs/methods/81_lung_attention.ipynb #552eeced
+CAM_TARGETS: tuple[str, ...] = ('predicted', 'true')
+
+def check_cam_target(cam_target: str) -> str:
+    "`cam_target` if it is one of `CAM_TARGETS`; `ValueError` otherwise."
+    if cam_target not in CAM_TARGETS: raise ValueError(f"cam_target={cam_target!r}: expected one of {', '.join(CAM_TARGETS)}")
+    return cam_target
+
 class AttentionStep:
-    "Seed 000's training step: logits and Grad-CAM of the true class in one forward pass, fed to an `AttentionLoss`."
-    def __init__(self, layer: nn.Module | str | None = None):
-        self.layer = layer
+    "Seed 000's training step: logits and Grad-CAM (predicted or true class) in one forward pass, fed to an `AttentionLoss`."
+    def __init__(self, layer: nn.Module | str | None = None, cam_target: str = 'predicted'):
+        self.layer, self.cam_target = layer, check_cam_target(cam_target)
 
     def __call__(self, model: nn.Module, batch: dict, loss_fn: AttentionLoss | None) -> tuple[torch.Tensor | None, dict | torch.Tensor]:
         x = batch['image']
@@ -243,7 +335,7 @@ class AttentionStep:
         else:
             graph = model.training and loss_fn.differentiable
             with torch.enable_grad():
-                cams, logits = grad_cam(model, x, target, layer=self.layer, create_graph=graph)
+                cams, logits = grad_cam(model, x, None if self.cam_target == 'predicted' else target, layer=self.layer, create_graph=graph)
             if not graph: cams = cams.detach()
             if not torch.is_grad_enabled(): logits = logits.detach()
         loss, terms = loss_fn(logits, target, cams, priors, epoch)
@@ -254,10 +346,16 @@ def val_accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
     return float((np.asarray(labels).argmax(1) == np.asarray(probs).argmax(1)).mean())
 
 # %% ../../nbs/methods/81_lung_attention.ipynb #03fdcb32
+#: the training schedules: the authors' (plateau on validation loss, selection on validation accuracy, an early-stopping
+#: counter never reset) and the corrected one (plateau on the selection metric, patience counted in a row)
+SCHEDULES: dict[str, dict] = {
+    'authors': dict(scheduler_metric=('val_loss', 'min'), early_stopping_patience=30, early_stopping_resets=False),
+    'corrected': dict(scheduler_metric=None, early_stopping_patience=30, early_stopping_resets=True)}
+
 def train_lung_attention(train: pd.DataFrame, # training table with one-hot class columns and prior `mask_path`
                          val: pd.DataFrame, # validation table (model selection by accuracy)
                          classes: Sequence[str], # task classes, No Finding first
-                         loss_fn: AttentionLoss, # λ, variant, threshold
+                         loss_fn: AttentionLoss, # λ, variant, measure, threshold
                          out_dir: str | Path, # checkpoints (resumable)
                          backbone: str, # a registered backbone ('pvt_v2_b2_li', 'vgg16', 'resnet50', ...)
                          image_size: int = 224, # model input side
@@ -265,12 +363,15 @@ def train_lung_attention(train: pd.DataFrame, # training table with one-hot clas
                          epochs: int = 100, # epochs (the authors' maximum)
                          lr: float = 1e-5, # Adam learning rate
                          cam_layer: str | None = None, # Grad-CAM layer (None: the backbone's registered one)
+                         cam_target: str = 'predicted', # Grad-CAM of the 'predicted' class (the authors') or the 'true' one
+                         schedule: str = 'authors', # a `SCHEDULES` name: 'authors' or 'corrected'
                          **train_kw, # more `train_stages` arguments (pretrained, weights, seed, device, cache_dir, ...)
                         ) -> StagesResult:
-    "One seed-000 model: λ·CE + (1−λ)·attention with Adam, plateau LR and selection on validation accuracy."
+    "One seed-000 model: λ·CE + (1−λ)·attention with Adam, plateau LR, selection on validation accuracy, early stopping."
+    if schedule not in SCHEDULES: raise ValueError(f"schedule={schedule!r}: expected one of {', '.join(SCHEDULES)}")
     return train_stages(train, val, [Stage(image_size, batch_size, epochs)], loss_fn, out_dir, backbone, labels=list(classes),
                         optimizer='adam', lr=lr, scheduler='plateau', normalize='half', metric=('val_accuracy', val_accuracy),
-                        activation='softmax', step=AttentionStep(cam_layer), **train_kw)
+                        activation='softmax', step=AttentionStep(cam_layer, cam_target), **{**SCHEDULES[schedule], **train_kw})
 
 def eval_loader(table: pd.DataFrame, classes: Sequence[str], image_size: int, cache=None, batch_size: int = 32,
                 num_workers: int | None = None) -> torch.utils.data.DataLoader:
@@ -288,23 +389,27 @@ def cam_in_prior(model: nn.Module, # trained classifier
                  table: pd.DataFrame, # table with prior `mask_path` and class columns
                  classes: Sequence[str], # task classes, No Finding first
                  image_size: int, # model input side
-                 threshold: float = 0.3, # τ of the thresholded count
+                 threshold: float = 0.3, # τ of the thresholded counts
                  layer: nn.Module | str | None = None, # Grad-CAM layer (None: registered)
+                 cam_target: str = 'predicted', # Grad-CAM of the 'predicted' class (the authors') or the 'true' one
                  cache=None, batch_size: int = 32, device: str | None = None, num_workers: int | None = None,
                 ) -> pd.DataFrame:
-    "Per positive image: its finding, the share of above-τ Grad-CAM pixels in its prior (`in_prior`) and of the map's mass (`mass_in_prior`)."
+    "Per positive image: its finding, the prior's `coverage` by above-τ Grad-CAM, the `share` of those pixels inside it, and `mass_in_prior`."
+    check_cam_target(cam_target)
+    cols = ['image', 'finding', *ATTENTION_MEASURES, 'mass_in_prior']
     pos = table[table[list(classes[1:])].to_numpy(float).max(1) == 1]
-    if pos.empty: return pd.DataFrame(columns=['image', 'finding', 'in_prior', 'mass_in_prior'])
+    if pos.empty: return pd.DataFrame(columns=cols)
     device = device or next(model.parameters()).device
     model = model.eval().to(device); rows = []
     for b in eval_loader(pos, classes, image_size, cache, batch_size, num_workers):
         x, y, m = b['image'].as_subclass(torch.Tensor).to(device), b['label'].argmax(1).to(device), b['mask'].as_subclass(torch.Tensor).to(device)
-        cams, _ = grad_cam(model, x, y, layer=layer, create_graph=False)
+        cams, _ = grad_cam(model, x, None if cam_target == 'predicted' else y, layer=layer, create_graph=False)
         cams = cams.detach()
-        rows.append(np.stack([in_prior_fraction(cams, m, threshold).cpu().numpy(), cam_mass_in_prior(cams, m).cpu().numpy()], 1))
+        rows.append(np.stack([*(in_prior_fraction(cams, m, threshold, measure=k).cpu().numpy() for k in ATTENTION_MEASURES),
+                              cam_mass_in_prior(cams, m).cpu().numpy()], 1))
     v = np.concatenate(rows)
     return pd.DataFrame({'image': pos['image'].to_numpy(), 'finding': image_finding(pos, classes).to_numpy(),
-                         'in_prior': v[:, 0], 'mass_in_prior': v[:, 1]})
+                         **{k: v[:, i] for i, k in enumerate(cols[2:])}})
 
 # %% ../../nbs/methods/81_lung_attention.ipynb #e47018c9
 SEED000_TABLE_METRICS: tuple[str, ...] = ('accuracy', 'precision', 'f1', 'auc', 'ppv', 'sensitivity', 'specificity',

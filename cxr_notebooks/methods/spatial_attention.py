@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 from ..core import CXRDataError
 from ..data.labels import NIH_LABELS, canonical_label
-from ..eval.paper import PaperColumn
+from ..eval.paper import Citation, PaperColumn
 from ..eval.predictions import prediction_arrays
 from ..metrics.early_lift import early_lift_table, micro_auroc, micro_auroc_ci, micro_auroc_difference_ci
 from ..models.spatial_attention import SA_BACKBONES
@@ -24,7 +24,11 @@ __all__ = ['PAPER', 'PROFILES', 'SEED003_LABELS', 'ATTENTION_CHOICES', 'PAPER_SA
 
 # %% ../../nbs/methods/83_spatial_attention.ipynb #6f1ecba1
 PAPER: dict = dict(seed='003', source='003_932827f7cb25e7f1.txt',
-                   title='"An attention-infused deep convolutional paradigm for multi-label classification of thoracic pathologies in chest radiographs"')
+                   title='"An attention-infused deep convolutional paradigm for multi-label classification of thoracic pathologies in chest radiographs"',
+                   citation=Citation('', 'An attention-infused deep convolutional paradigm for multi-label classification of '
+                                     'thoracic pathologies in chest radiographs',
+                                     note='abstract only; it lists six affiliations (University of Malakand, Shaheed Benazir '
+                                          'Bhutto University, ISP RAS, Almazov Centre, ETU "LETI") but no author names'))
 
 PROFILES: dict[str, dict] = {
     'smoke': dict(backbone='mobilenetv2_100', image_size=128, epochs=3, batch_size=16, lr=1e-3, n_bootstrap=200,

@@ -243,6 +243,12 @@ def bootstrap_ci(y_true: np.ndarray, y_score: np.ndarray, metric: str | Callable
                  seed: int = 0, groups: Sequence | None = None, confidence: float = 0.95) -> CI:
     "Percentile bootstrap CI of `metric(y_true, y_score)` (`'auroc'` is vectorised); `groups` = patient ids for a patient-level bootstrap."
     _check_bootstrap_args(n_resamples, confidence)
+    if n_resamples < 2: raise ValueError(f"n_resamples is {n_resamples}; a bootstrap interval needs at least 2 resamples (e.g. 1000): "
+                                         f"from one, both ends are that resample's value, which may exclude the estimate")
+    if n_resamples < 1 / (1 - confidence):
+        import warnings
+        warnings.warn(f"n_resamples={n_resamples} is fewer than {1 / (1 - confidence):g} = 1/(1 - confidence): the interval's ends "
+                      f"rest on one or two resamples; use 1000 or more for a CI worth reporting", stacklevel=2)
     if metric == 'auroc' or metric is roc_auc_score:
         yt, ys = _check_scores(y_true, y_score)
         if yt.shape[1] != 1: raise CXRDataError(f"metric='auroc' needs 1-D y_true and y_score, got {yt.shape[1]} columns; use per_class_auroc_ci")

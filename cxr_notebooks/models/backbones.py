@@ -4,9 +4,9 @@
 
 # %% ../../nbs/models/30_backbones.ipynb #43e0d672
 from __future__ import annotations
-import logging, os, socket, warnings
+import hashlib, logging, os, socket, warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 from urllib.parse import urlparse
@@ -16,8 +16,9 @@ import timm
 from ..core import Registry
 
 # %% auto #0
-__all__ = ['BACKBONES', 'BackboneSpec', 'register_backbone', 'target_layer', 'PretrainedWeightsUnavailable',
-           'PretrainedWeightsWarning', 'hub_offline', 'hub_reachable', 'cached_hub_weights', 'create_model']
+__all__ = ['BACKBONES', 'WEIGHTS_LOG', 'BackboneSpec', 'register_backbone', 'target_layer', 'PretrainedWeightsUnavailable',
+           'PretrainedWeightsWarning', 'hub_offline', 'hub_reachable', 'cached_hub_weights', 'LoadedWeights',
+           'file_sha256', 'weights_summary', 'create_model']
 
 # %% ../../nbs/models/30_backbones.ipynb #b82f2671
 @dataclass(frozen=True)
@@ -123,13 +124,48 @@ def _timm_unexpected_keys():
     try: yield found
     finally: log.removeHandler(handler)
 
+# %% ../../nbs/models/30_backbones.ipynb #714edb71
+@dataclass(frozen=True)
+class LoadedWeights:
+    "What one `create_model` call loaded: backbone, weights source and SHA-256 (None: random initialization), whether weights were asked for."
+    backbone: str
+    source: str | None = None   # the weights file, or `timm:<hub id>` when the downloaded file is not found in the cache
+    sha256: str | None = None   # of the file loaded
+    asked: bool = False         # pretrained weights were asked for (`pretrained` or `weights`)
+
+    def __str__(self) -> str:
+        if self.source is None: return 'none: from scratch' + (' (ImageNet weights asked for, not loaded)' if self.asked else '')
+        return f"{self.source} (sha256 {self.sha256[:12] if self.sha256 else 'unknown'})"
+
+WEIGHTS_LOG: list[LoadedWeights] = []  # every `create_model` call of this process, in order
+
+_SHA256: dict[tuple, str] = {}
+
+def file_sha256(path: str | Path) -> str:
+    "The SHA-256 hex digest of a file (cached per path, size and modification time)."
+    p = Path(path); st = p.stat(); key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        h = hashlib.sha256()
+        with open(p, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+        _SHA256[key] = h.hexdigest()
+    return _SHA256[key]
+
+def weights_summary(entries: Sequence[LoadedWeights]) -> str | None:
+    "One phrase for a setup line: each distinct backbone's weights ('none: from scratch', or source and short checksum); None if no model."
+    seen = dict.fromkeys((e.backbone, str(e)) for e in entries)
+    if not seen: return None
+    if len({s for _, s in seen}) == 1: return next(iter(seen))[1]
+    return '; '.join(f'{b}: {s}' for b, s in seen)
+
 # %% ../../nbs/models/30_backbones.ipynb #d6ba562a
 _BANNER = '!' * 78
 
 def _missing_weights(name: str, reason: str, on_missing_weights: str) -> None:
     "Raise `PretrainedWeightsUnavailable`, or print a banner and warn `PretrainedWeightsWarning`."
-    msg = (f"ImageNet weights for {name} NOT loaded ({reason}). Pass weights='path/to/checkpoint', run where "
-           f"huggingface.co is reachable, or set on_missing_weights='warn' to train from scratch knowingly.")
+    msg = (f"ImageNet weights for {name} NOT loaded ({reason}). Give a local checkpoint with weights='path/to/file' "
+           f"(a reproduction notebook's parameter: `-p weights PATH`), run where huggingface.co is reachable, or train from "
+           f"scratch on purpose with pretrained=False (`-p pretrained false`).")
     if on_missing_weights == 'raise': raise PretrainedWeightsUnavailable(msg)
     print(f"{_BANNER}\n!!! ImageNet weights NOT loaded: training {name} from scratch !!!\n!!! {reason}\n{_BANNER}")
     warnings.warn(msg, PretrainedWeightsWarning, stacklevel=3)
@@ -169,11 +205,14 @@ def create_model(name: str,                            # a registered backbone o
                 model = timm.create_model(spec.timm_name, pretrained=True, **kw,
                                           pretrained_cfg_overlay=dict(file=str(file)) if file else None)
             if unexpected: raise PretrainedWeightsUnavailable(f"not this architecture's keys: {unexpected[0][:200]}")
+            file = file or cached_hub_weights(spec.timm_name)   # online: the file timm just downloaded into the hub cache
             source = str(file) if file else f"timm:{model.pretrained_cfg.get('hf_hub_id') or spec.timm_name}"
         except Exception as e:  # timm/torch/huggingface_hub raise RuntimeError, OSError, KeyError, HfHubHTTPError...
             model, reason = None, f"{file or 'hub download'}: {type(e).__name__}: {str(e)[:200]}"
     if model is None: model = timm.create_model(spec.timm_name, pretrained=False, **kw)
     if spec.prepare: spec.prepare(model)
     model.cxr_backbone, model.pretrained_loaded, model.pretrained_source = key, source is not None, source
+    model.pretrained_weights = LoadedWeights(key, source, file_sha256(file) if source and file else None, bool(want))
+    WEIGHTS_LOG.append(model.pretrained_weights)
     if want and source is None: _missing_weights(key, reason, on_missing_weights)
     return model

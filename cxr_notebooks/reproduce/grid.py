@@ -11,12 +11,12 @@ from typing import Any, Iterator, Mapping, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 from ..core import CXRDataError, atomic_write_text
-from .kit import NON_RESULT_PARAMETERS, RunConfigMismatch, check_record, check_run_config
-from .runner import ReproductionFailed, check_parameters, find_notebook, run_reproduction
+from .kit import NON_RESULT_PARAMETERS, RunConfigMismatch, check_record, check_resume
+from .runner import ReproductionFailed, check_input_paths, check_parameters, reproduction_notebook, run_reproduction
 
 # %% auto #0
 __all__ = ['SPEC_KEYS', 'RESOURCE_KEYS', 'GRID_STATUS', 'GRID_PARAMETERS', 'GridSpec', 'read_grid_spec', 'run_name', 'GridRun',
-           'run_state', 'plan_grid', 'GridResult', 'run_grid', 'read_grid_status', 'grid_summary']
+           'run_state', 'plan_grid', 'GridResult', 'run_grid', 'read_grid_status', 'read_run_record', 'grid_summary']
 
 # %% ../../nbs/reproduce/93_grid.ipynb #7d3ac736
 SPEC_KEYS: dict[str, str] = {'notebook': "seed number ('002') or notebook path", 'parameters': 'parameters every run shares',
@@ -129,9 +129,8 @@ def _read_json(f: Path) -> Any:
 def run_state(folder: str | Path, parameters: Mapping[str, Any]) -> tuple[str, str | None]:
     "`('finished', None)`, `('mismatch', message)` or `('todo', None)` for a run folder and the run's checked parameters."
     folder, wanted = Path(folder), _result_parameters(parameters)
-    stored = _read_json(folder / 'run_config.json')
-    if not isinstance(stored, dict): return 'todo', None
-    try: check_run_config(folder, {**stored, **{k: v for k, v in wanted.items() if v is not None}})
+    if not isinstance(_read_json(folder / 'run_config.json'), dict): return 'todo', None
+    try: check_resume(folder, parameters)   # the kit's comparison, input files' contents included
     except RunConfigMismatch as e: return 'mismatch', str(e)
     record = _read_json(folder / 'metrics.json')
     try: check_record(record or {}, str(folder / 'metrics.json'))
@@ -140,7 +139,7 @@ def run_state(folder: str | Path, parameters: Mapping[str, Any]) -> tuple[str, s
 
 def plan_grid(spec: GridSpec) -> list[GridRun]:
     "Every run of `spec` with checked parameters (`ValueError` listing all problems, before anything runs)."
-    nb, cwd, runs, errors = find_notebook(spec.notebook), spec.folder or Path.cwd(), [], []
+    nb, cwd, runs, errors = reproduction_notebook(spec.notebook), spec.folder or Path.cwd(), [], []
     for varying in spec.varying:
         name = run_name(varying)
         try: runs.append(GridRun(name, varying, check_parameters(nb, {**spec.parameters, **varying}, cwd)))
@@ -228,15 +227,23 @@ def run_grid(spec: str | Path | Mapping | GridSpec, # a YAML/JSON spec file, its
     spec = read_grid_spec(spec)
     if workers is not None and workers < 1: raise ValueError(f"workers={workers}: expected at least 1")
     if workers is not None and address: raise ValueError(f"workers={workers} sizes a local Ray; on the cluster at {address} its resources decide")
-    nb = find_notebook(spec.notebook)
+    nb = reproduction_notebook(spec.notebook)
     out_dir = Path(out_dir or Path('runs') / 'grids' / (spec.name or 'grid')).resolve()
     runs = plan_grid(spec)
+    missing = []
+    for r in runs:
+        try: check_input_paths(nb, r.parameters)
+        except ValueError as e: missing.append(f"run {r.name}: {e}")
+    if missing: raise ValueError(f"grid {spec.name or out_dir.name}: nothing was run:\n  " + '\n  '.join(missing))
+    states = {r.name: run_state(out_dir / r.name, r.parameters) for r in runs}
+    clash = [f"{n}: {why}" for n, (state, why) in states.items() if state == 'mismatch']
+    if clash:   # like a single run: stop, naming the parameters, before grid.json or any run folder is touched
+        raise RunConfigMismatch(f"grid {spec.name or out_dir.name}: {len(clash)} run folder(s) hold runs with other parameters, "
+                                f"nothing was run:\n  " + '\n  '.join(clash))
     out_dir.mkdir(parents=True, exist_ok=True)
     todo, before = [], {r['name']: r for r in (_read_json(out_dir / GRID_STATUS) or {}).get('runs', [])}
     for r in runs:
-        state, why = run_state(out_dir / r.name, r.parameters)
-        if state == 'finished': r.status, r.seconds = 'skipped', before.get(r.name, {}).get('seconds')  # what it took when it ran
-        elif state == 'mismatch': r.status, r.error = 'failed', f"RunConfigMismatch: {why}"
+        if states[r.name][0] == 'finished': r.status, r.seconds = 'skipped', before.get(r.name, {}).get('seconds')  # what it took when it ran
         else: todo.append(r)
     _write_status(out_dir, spec, nb.path, runs)
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f'grid {spec.name or out_dir.name}', unit='run', disable=not progress)
@@ -254,20 +261,30 @@ def run_grid(spec: str | Path | Mapping | GridSpec, # a YAML/JSON spec file, its
 
 # %% ../../nbs/reproduce/93_grid.ipynb #14819092
 def read_grid_status(grid_dir: str | Path) -> dict:
-    "The `grid.json` of a grid folder, each run's `out_dir` where the folder is now (`FileNotFoundError` saying how one is made)."
+    "The `grid.json` of a grid folder, each run's `out_dir` where the folder is now (`FileNotFoundError` saying how one is made, `ValueError` naming a corrupt one)."
     f = Path(grid_dir) / GRID_STATUS
     if not f.is_file(): raise FileNotFoundError(f"{f} does not exist; `cxr-reproduce grid SPEC --out {grid_dir}` makes it")
-    status = json.loads(f.read_text(encoding='utf-8'))
+    try: status = json.loads(f.read_text(encoding='utf-8'))
+    except ValueError as e: raise ValueError(f"{f} does not parse ({e}); re-run the grid's spec with --out {grid_dir} to rewrite it") from None
     for r in status['runs']: r['out_dir'] = str(f.resolve().parent / r['name'])  # a grid folder copied elsewhere still reads
     return status
+
+def read_run_record(run: Mapping[str, Any]) -> tuple[dict | None, str | None]:
+    "A grid run's `metrics.json` (from its `grid.json` entry) and None, or None and why it cannot be read (the file named)."
+    f = Path(run['out_dir']) / 'metrics.json'
+    if not f.is_file(): return None, f"{f} is missing"
+    try: rec = json.loads(f.read_text(encoding='utf-8')); check_record(rec, str(f))
+    except CXRDataError as e: return None, str(e)
+    except ValueError as e: return None, f"{f} does not parse: {e}"
+    return rec, None
 
 def grid_summary(grid_dir: str | Path) -> pd.DataFrame:
     "One row per run: run, varying parameters, status, metric, value, low, high (95% CI), setup, seconds, error, folder."
     status, rows = read_grid_status(grid_dir), []
     for r in status['runs']:
-        rec = _read_json(Path(r['out_dir']) / 'metrics.json') if r['status'] != 'failed' else None
+        rec, error = read_run_record(r) if r['status'] != 'failed' else (None, r['error'])
         h = (rec or {}).get('headline') or {}
-        rows.append({'run': r['name'], **r['varying'], 'status': r['status'], 'metric': h.get('metric'), 'value': h.get('value'),
-                     'low': h.get('low'), 'high': h.get('high'), 'setup': (rec or {}).get('setup'), 'seconds': r['seconds'],
-                     'error': r['error'], 'folder': r['out_dir']})
+        rows.append({'run': r['name'], **r['varying'], 'status': r['status'] if rec or r['status'] == 'failed' else 'unreadable',
+                     'metric': h.get('metric'), 'value': h.get('value'), 'low': h.get('low'), 'high': h.get('high'),
+                     'setup': (rec or {}).get('setup'), 'seconds': r['seconds'], 'error': error, 'folder': r['out_dir']})
     return pd.DataFrame(rows)

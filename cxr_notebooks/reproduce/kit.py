@@ -5,7 +5,7 @@
 # %% ../../nbs/reproduce/91_kit.ipynb #9b07d6c7
 from __future__ import annotations
 import datetime, json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import version, PackageNotFoundError
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,18 +17,25 @@ from ..core import CXRDataError, atomic_write_text, embedded_data_dir, require_c
 from ..data import nih, splits
 from ..eval.paper import PaperColumn
 from ..eval.predictions import predict_table
+from ..models.backbones import WEIGHTS_LOG, LoadedWeights, weights_summary
 from .reference import reference_values
 from ..train.stages import Stage, StagesResult, image_cache, progressive_stages, train_stages
 from ..viz.plots import paper_vs_reproduced
+from .environment import mounted_dataset
 
 # %% auto #0
-__all__ = ['NON_RESULT_PARAMETERS', 'SPLITS', 'RECORD_SCHEMA', 'RECORD_KEYS', 'RunConfigMismatch', 'check_run_config', 'Run',
-           'start_run', 'parameters_from', 'NIHData', 'load_nih_data', 'split_summary', 'read_split_file', 'make_split',
+__all__ = ['NON_RESULT_PARAMETERS', 'INPUT_FINGERPRINTS', 'SPLITS', 'RECORD_SCHEMA', 'RECORD_KEYS', 'RunConfigMismatch',
+           'input_fingerprints', 'check_run_config', 'check_resume', 'Run', 'notebook_defaults', 'start_run',
+           'parameters_from', 'NIHData', 'load_nih_data', 'split_summary', 'read_split_file', 'make_split',
            'kfold_parts', 'train_and_predict', 'compare_with_paper', 'check_record', 'write_record']
 
 # %% ../../nbs/reproduce/91_kit.ipynb #52e76bb3
+import hashlib
 #: Parameters that do not change a run's results: not stored in `run_config.json`, never compared.
 NON_RESULT_PARAMETERS: tuple[str, ...] = ('out_dir', 'num_workers')
+#: The key of `run_config.json` holding the sha256 of the contents of every input file the configuration names.
+INPUT_FINGERPRINTS = 'input_sha256'
+_TABLES = ('*.csv', '*.csv.gz', '*.txt', '*.txt.gz')  # what a data folder's fingerprint covers (not its images)
 
 class RunConfigMismatch(ValueError):
     "The output folder holds a run with other parameters; the message names them and how to start fresh."
@@ -37,14 +44,48 @@ def _jsonable(v: Any) -> Any:
     "`v` as it reads back from JSON (tuples become lists, paths strings)."
     return json.loads(json.dumps(v, default=str))
 
+def _sha256(files: Sequence[Path]) -> str:
+    "sha256 over the names and contents of `files`."
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b'\0')
+        with open(f, 'rb') as fh:
+            for block in iter(lambda: fh.read(1 << 20), b''): h.update(block)
+    return h.hexdigest()
+
+def input_fingerprints(config: Mapping[str, Any]) -> dict[str, str]:
+    "Parameter -> sha256 of the file its value names (split file, table, weights); for a folder, of its top-level tables (`*.csv`, `*.txt`, gzipped or not)."
+    out = {}
+    for k, v in config.items():
+        if k == INPUT_FINGERPRINTS or not isinstance(v, str) or not v or '\n' in v: continue
+        try:
+            p = Path(v)
+            files = [p] if p.is_file() else sorted(f for g in _TABLES for f in p.glob(g)) if p.is_dir() else []
+        except OSError: continue  # not a path (too long a name, ...)
+        if files: out[k] = _sha256(files)
+    return out
+
+def _fingerprinted(config: Mapping[str, Any]) -> dict:
+    "`config` as stored: JSON values plus the fingerprints of the input files it names (recomputed, never copied)."
+    config = {k: v for k, v in _jsonable(dict(config)).items() if k != INPUT_FINGERPRINTS}
+    prints = input_fingerprints(config)
+    return {**config, INPUT_FINGERPRINTS: prints} if prints else config
+
+def _difference(k: str, stored: Any, now: Any) -> str:
+    "One differing entry of two configurations, in words."
+    if k != INPUT_FINGERPRINTS: return f"{k}: {stored!r} there, {now!r} now"
+    stored, now = stored if isinstance(stored, dict) else {}, now if isinstance(now, dict) else {}
+    return '; '.join(f"the contents of {k2}'s file changed (sha256 {str(stored.get(k2))[:12]} there, {str(now.get(k2))[:12]} now)"
+                     for k2 in sorted(set(stored) | set(now)) if stored.get(k2) != now.get(k2))
+
 def check_run_config(out: Path, config: Mapping[str, Any]) -> None:
-    "Write `config` to `out/run_config.json`, or check it equals the stored one (`RunConfigMismatch` otherwise)."
-    f, config = Path(out) / 'run_config.json', _jsonable(dict(config))
+    "Write `config` with its input files' sha256 to `out/run_config.json`, or check both equal the stored ones (`RunConfigMismatch` otherwise)."
+    f, config = Path(out) / 'run_config.json', _fingerprinted(config)
     if f.is_file():
         stored = json.loads(f.read_text())
         diff = [k for k in sorted(set(stored) | set(config)) if stored.get(k, '<absent>') != config.get(k, '<absent>')]
         if diff:
-            what = '; '.join(f"{k}: {stored.get(k, '<absent>')!r} there, {config.get(k, '<absent>')!r} now" for k in diff)
+            what = '; '.join(_difference(k, stored.get(k, '<absent>'), config.get(k, '<absent>')) for k in diff)
             raise RunConfigMismatch(f"{out} holds a run with other parameters ({what}). Resuming would mix its checkpoints "
                                     f"with this run. Start fresh with another output folder (--out / out_dir), or delete {out}.")
         return
@@ -54,28 +95,65 @@ def check_run_config(out: Path, config: Mapping[str, Any]) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     atomic_write_text(f, json.dumps(config, indent=1, sort_keys=True))
 
+def check_resume(out: Path, params: Mapping[str, Any]) -> None:
+    "Before a run starts: `RunConfigMismatch` when `out` holds a run whose stored configuration disagrees with the given (not None) `params`."
+    f = Path(out) / 'run_config.json'
+    try: stored = json.loads(f.read_text()) if f.is_file() else None
+    except ValueError: raise RunConfigMismatch(f"{f} does not parse; use another output folder (--out / out_dir), or delete {out}") from None
+    if isinstance(stored, dict):
+        given = {k: v for k, v in params.items() if v is not None and k not in NON_RESULT_PARAMETERS}
+        check_run_config(out, {**stored, **given})
+
 # %% ../../nbs/reproduce/91_kit.ipynb #0599c705
 @dataclass
 class Run:
-    "A reproduction run: paper, resolved parameters (`cfg`), output folder, device, data description."
+    "A reproduction run: paper, resolved parameters (`cfg`), output folder, device, data description, the notebook's resolved defaults."
     paper: dict
     cfg: SimpleNamespace
     out: Path
     device: str
     data_name: str = ''
     keys: Sequence[str] = ()
+    defaults: Mapping[str, Any] | None = None  # the parameters' values had none been passed (None: unknown, every one is shown)
+    seed_key: str = 'seed'
+    weights_from: int = 0  # models built since the run started: `backbones.WEIGHTS_LOG[weights_from:]`
+
+    @property
+    def weights(self) -> list[LoadedWeights]:
+        "What each model built since the run started was initialised from (`models.backbones.LoadedWeights`)."
+        return WEIGHTS_LOG[self.weights_from:]
 
     @property
     def setup(self) -> str:
-        "What was run, in one line: profile, data, then every result-changing parameter, device last."
-        c = vars(self.cfg)
-        rest = ', '.join(f'{k}={c[k]}' for k in self.keys if k not in ('profile', 'data_root', *NON_RESULT_PARAMETERS))
-        return f"profile={c['profile']}, data={self.data_name or '?'}, {rest}, device={self.device}"
+        "What was run, in one line: profile, data, seed, the parameters that differ from the defaults, the weights actually loaded, device."
+        c, built = vars(self.cfg), weights_summary(self.weights)
+        shown = ('profile', 'data_root', self.seed_key, *NON_RESULT_PARAMETERS, *(('pretrained', 'weights') if built else ()))
+        changed = [f'{k}={c[k]}' for k in self.keys if k not in shown
+                   and (self.defaults is None or _jsonable(c.get(k)) != _jsonable(self.defaults.get(k)))]
+        return ', '.join([f"profile={c['profile']}", f"data={self.data_name or '?'}", f"{self.seed_key}={c.get(self.seed_key)}", *changed]) + \
+               (' (other parameters: defaults)' if self.defaults is not None else '') + (f', weights={built}' if built else '') + f', device={self.device}'
+
+def notebook_defaults(seed: str) -> dict[str, Any] | None:
+    "The parameter defaults of the reproduction notebook of `seed` (its `parameters` cell), or None when there is none."
+    import ast
+    from cxr_notebooks.reproduce.runner import repro_notebooks   # the runner finds the notebooks
+    nb = repro_notebooks().get(str(seed))
+    if nb is None: return None
+    cell = next(c for c in json.loads(nb.path.read_text(encoding='utf-8'))['cells'] if 'parameters' in c['metadata'].get('tags', []))
+    def value(node):
+        try: return ast.literal_eval(node)
+        except ValueError: return ast.unparse(node)
+    out = {}
+    for n in ast.parse(''.join(cell['source'])).body:
+        target = n.target if isinstance(n, ast.AnnAssign) else n.targets[0] if isinstance(n, ast.Assign) else None
+        if isinstance(target, ast.Name) and n.value is not None: out[target.id] = value(n.value)
+    return out
 
 def start_run(paper: Mapping[str, str], # the method module's PAPER (seed, source, title)
               profiles: Mapping[str, Mapping[str, Any]], # profile name -> default parameter values
               params: Mapping[str, Any], # the notebook's parameters (None: the profile's value)
               seed_key: str = 'seed', # which parameter seeds the run
+              defaults: Mapping[str, Any] | None = None, # the notebook's parameter defaults (None: read from the notebook of `paper['seed']`)
              ) -> Run:
     "Resolve `params` against the chosen profile, check/store the run configuration, seed, pick the device."
     profile = params.get('profile')
@@ -88,7 +166,11 @@ def start_run(paper: Mapping[str, str], # the method module's PAPER (seed, sourc
     check_run_config(out, {k: v for k, v in resolved.items() if k not in NON_RESULT_PARAMETERS})
     seed_everything(int(resolved.get(seed_key) or 0))
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    return Run(dict(paper), SimpleNamespace(**resolved), out, device, keys=list(params))
+    defaults = notebook_defaults(paper.get('seed', '')) if defaults is None else defaults
+    if defaults is not None:   # as `resolved`: a default of None is the profile's value
+        defaults = {k: profiles[profile].get(k) if defaults.get(k) is None else defaults[k] for k in params}
+    return Run(dict(paper), SimpleNamespace(**resolved), out, device, keys=list(params), defaults=defaults, seed_key=seed_key,
+               weights_from=len(WEIGHTS_LOG))
 
 # %% ../../nbs/reproduce/91_kit.ipynb #dad40118
 def parameters_from(namespace: Mapping[str, Any], before: set[str]) -> dict[str, Any]:
@@ -117,7 +199,9 @@ def load_nih_data(profile: str, data_root: str | Path | None = None, max_images:
         table, boxes = nih.nih_sample_table(256), nih.read_nih_boxes(lists / 'BBox_List_2017.csv', stored_size=256)
         name = f'embedded NIH sample ({len(table)} real images, data/nih/images256)'
     else:
-        if not data_root: raise ValueError(f"profile={profile!r} needs data_root: the NIH ChestX-ray14 folder (Kaggle: /kaggle/input/data)")
+        data_root = data_root or mounted_dataset('nih')
+        if not data_root: raise ValueError(f"profile={profile!r} needs data_root: the NIH ChestX-ray14 folder (on Kaggle, add the "
+                                           f"dataset \"NIH Chest X-rays\": it mounts at /kaggle/input/data and is then found by itself)")
         lists = Path(data_root)
         if not lists.is_dir(): raise CXRDataError(f"data_root={str(lists)!r} is not a folder; expected the NIH ChestX-ray14 download")
         table = nih.load_nih(lists)
@@ -235,6 +319,12 @@ def _versions() -> dict:
         except PackageNotFoundError: out[p] = None
     return out
 
+def _paper_record(paper: Mapping[str, Any]) -> dict:
+    "A method module's PAPER for `metrics.json`: its `Citation` as fields plus the formatted reference; the seed file stays as provenance."
+    out = dict(paper)
+    if hasattr(out.get('citation'), 'as_dict'): out['citation'] = out['citation'].as_dict()
+    return out
+
 def write_record(run: Run, # the run (paper, cfg, setup)
                  notebook: str, # the reproduction notebook's name
                  data: Mapping[str, Any] | None = None, # e.g. split sizes
@@ -244,14 +334,17 @@ def write_record(run: Run, # the run (paper, cfg, setup)
                  predictions: str | Path | None = None, # the headline model's test prediction CSV (`image`, `y_<label>`, `p_<label>`), for reports
                 ) -> Path:
     "Write `run.out/metrics.json` in the shared schema (atomically) and return its path."
-    cfg = {k: v for k, v in vars(run.cfg).items()}
-    rec = {'schema': RECORD_SCHEMA, 'paper': dict(run.paper), 'notebook': notebook, 'profile': cfg['profile'],
+    cfg, built = {k: v for k, v in vars(run.cfg).items()}, list(dict.fromkeys(run.weights))
+    if cfg.get('pretrained') and any(w.asked and w.source is None for w in built):
+        cfg['pretrained'] = False   # asked for, not loaded: the record states what took effect ('weights' says what was asked)
+    rec = {'schema': RECORD_SCHEMA, 'paper': _paper_record(run.paper), 'notebook': notebook, 'profile': cfg['profile'],
            'seed': int(cfg.get('seed') or 0), 'setup': run.setup,
            'config': {k: v for k, v in cfg.items() if k not in NON_RESULT_PARAMETERS},
            'data': {'name': run.data_name, **(data or {})}, 'headline': dict(headline or {}), 'results': dict(results or {}),
            'comparisons': {k: {'paper_source': df.attrs.get('paper_source'), 'setup': df.attrs.get('setup'),
                                'caption': df.attrs.get('caption'), 'rows': df.to_dict(orient='records')}
                            for k, df in (comparisons or {}).items()},
+           'weights': {'summary': weights_summary(built) or 'no model built', 'models': [asdict(w) for w in built]},
            'versions': _versions(), 'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
     if predictions is not None:
         f = Path(predictions)

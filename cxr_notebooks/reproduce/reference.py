@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from ..core import CXRDataError, embedded_data_dir, require_columns
+from ..eval.paper import Citation
 from ..data.labels import NIH_LABELS, NO_FINDING
 
 # %% auto #0
-__all__ = ['REFERENCE_COLUMNS', 'reference_dir', 'load_reference', 'reference_table', 'reference_values', 'average_check']
+__all__ = ['REFERENCE_COLUMNS', 'reference_dir', 'load_reference', 'paper_citation', 'reference_table', 'reference_values',
+           'average_check']
 
 # %% ../../nbs/reproduce/90_reference.ipynb #203a7119
 REFERENCE_COLUMNS: tuple[str, ...] = ('seed_file', 'paper', 'table', 'setting', 'split', 'model', 'label', 'metric', 'value', 'note')
@@ -57,9 +59,18 @@ def _select(ref: pd.DataFrame, seed: str, table: str, metric: str) -> pd.DataFra
         raise CXRDataError(f"no reference numbers for seed {seed!r}, {table!r}, metric {metric!r}; available (table, metric): {have}")
     return d
 
+def paper_citation(seed: str) -> Citation:
+    "The `Citation` a method module (`cxr_notebooks.methods.*`) declares in its `PAPER` for paper `seed` ('002')."
+    import importlib, pkgutil
+    from cxr_notebooks import methods
+    for info in pkgutil.iter_modules(methods.__path__):
+        paper = getattr(importlib.import_module(f'{methods.__name__}.{info.name}'), 'PAPER', None)
+        if paper and paper.get('seed') == str(seed): return paper['citation']
+    raise ValueError(f"no method module declares paper {seed!r}; expected a PAPER dict with seed={seed!r} in cxr_notebooks.methods")
+
 def _source(d: pd.DataFrame, seed: str, table: str) -> str:
-    "A citation string like `seed 002 (002_ebbdae81f59a347f.txt), Table 4`."
-    return f"seed {seed} ({', '.join(sorted(d.seed_file.unique()))}), {table}"
+    "A source string: the paper's short reference and the table, e.g. `Nugroho, \"An Aggregate Method ...\", Table 4`."
+    return f"{paper_citation(seed).short}, {table}"
 
 def _label_order(labels) -> list[str]:
     "NIH order and `No Finding`, then any other label (e.g. CheXpert's) in first-seen order, then the `Average` row."

@@ -14,16 +14,16 @@ from matplotlib.figure import Figure
 from ..core import CXRDataError
 from ..eval.predictions import delong_table, prediction_arrays
 from ..viz.plots import plot_roc_curves
-from .grid import grid_summary, read_grid_status
+from .grid import grid_summary, read_grid_status, read_run_record
 
 # %% auto #0
-__all__ = ['comparison_table', 'final_predictions', 'delong_between_runs', 'plot_metric_vs_axes', 'write_report']
+__all__ = ['comparison_table', 'final_predictions', 'prediction_files', 'delong_between_runs', 'plot_metric_vs_axes',
+           'write_report']
 
 # %% ../../nbs/reproduce/94_report.ipynb #a3d9cc83
 def _record(run: dict) -> dict | None:
-    "A finished run's `metrics.json` (None for a failed run or a missing file)."
-    f = Path(run['out_dir']) / 'metrics.json'
-    return json.loads(f.read_text(encoding='utf-8')) if run['status'] != 'failed' and f.is_file() else None
+    "A finished run's `metrics.json` (None for a failed run, a missing or unreadable file: `grid_summary` says which)."
+    return read_run_record(run)[0] if run['status'] != 'failed' else None
 
 def comparison_table(grid_dir: str | Path) -> pd.DataFrame:
     "Every run's paper-vs-reproduced rows: run, comparison, label, paper, ours, ci_low, ci_high, difference, paper_source, setup, caption."
@@ -44,13 +44,19 @@ def _labels(pred: pd.DataFrame) -> list[str]:
     "The labels of a prediction table (those with both `y_<label>` and `p_<label>` columns)."
     return [c[2:] for c in pred.columns if c.startswith('y_') and f'p_{c[2:]}' in pred.columns]
 
-def delong_between_runs(grid_dir: str | Path) -> pd.DataFrame:
-    "DeLong per class for every pair of finished runs with the same test images: run_a, run_b, n_images, label, auc_a, auc_b, difference, z, p_value."
-    preds = {}
+def prediction_files(grid_dir: str | Path) -> tuple[dict[str, Path], list[str]]:
+    "Each finished run's test prediction file, and one line for each run whose record names a file that is missing."
+    found, missing = {}, []
     for r in read_grid_status(grid_dir)['runs']:
         rec = _record(r)
         f = final_predictions(r['out_dir'], record=rec) if rec else None
-        if f is not None: preds[r['name']] = pd.read_csv(f)
+        if f is not None and f.is_file(): found[r['name']] = f
+        elif f is not None: missing.append(f"{r['name']}: its record names {f}, which is missing")
+    return found, missing
+
+def delong_between_runs(grid_dir: str | Path) -> pd.DataFrame:
+    "DeLong per class for every pair of finished runs with the same test images: run_a, run_b, n_images, label, auc_a, auc_b, difference, z, p_value."
+    preds = {name: pd.read_csv(f) for name, f in prediction_files(grid_dir)[0].items()}
     groups: dict[tuple, list[str]] = {}
     for name, p in preds.items(): groups.setdefault(tuple(p['image']), []).append(name)
     out = [delong_table(preds[a], preds[b], _labels(preds[b])).rename(columns={'auc_baseline': 'auc_a', 'auc_ours': 'auc_b'})
@@ -130,8 +136,8 @@ def _runs_html(summary: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     if len(finished) and axes:
         parts += ["<h2>Headline metric along each grid axis</h2>", _png(plot_metric_vs_axes(summary, axes)),
                   "<p class='caption'>Each point is one finished run (setup in the table above); bars: 95% CI.</p>"]
-    failed = summary[summary['status'] == 'failed']
-    return parts + ["<h2>Failed runs</h2>", _table(failed[['run', 'error', 'folder']], 'failed') if len(failed) else "<p>None.</p>"]
+    failed = summary[summary['status'].isin(['failed', 'unreadable'])]
+    return parts + ["<h2>Failed or unreadable runs</h2>", _table(failed[['run', 'status', 'error', 'folder']], 'failed') if len(failed) else "<p>None.</p>"]
 
 def _comparisons_html(cmp: pd.DataFrame) -> list[str]:
     "One paper-vs-reproduced table per run and comparison, captioned with the paper's source and our setup."
@@ -145,9 +151,10 @@ def _comparisons_html(cmp: pd.DataFrame) -> list[str]:
         parts += [f"<h3>{html.escape(run)}: {html.escape(name)}</h3><p class='caption'>{html.escape(str(caption))}</p>", _table(t)]
     return parts
 
-def _delong_html(dl: pd.DataFrame) -> list[str]:
-    "DeLong p-values, class by pair of runs."
+def _delong_html(dl: pd.DataFrame, missing: Sequence[str] = ()) -> list[str]:
+    "DeLong p-values, class by pair of runs; the runs left out for want of their prediction files."
     parts = ["<h2>DeLong's test between runs on the same test images</h2>"]
+    if missing: parts.append(f"<p class='caption'>Left out (no test predictions): {html.escape('; '.join(missing))}.</p>")
     if dl.empty: return parts + ["<p>No two finished runs share their test images.</p>"]
     pairs = dl.assign(pair=dl['run_a'] + ' vs ' + dl['run_b'] + ' (' + dl['n_images'].astype(str) + ' images)')
     piv = pairs.pivot_table(index='label', columns='pair', values='p_value', sort=False, dropna=False)
@@ -160,7 +167,7 @@ def _delong_html(dl: pd.DataFrame) -> list[str]:
 def _roc_html(grid_dir: Path, run: dict, record: dict) -> list[str]:
     "ROC curves per class of one run, from its final predictions and the per-class CIs of its record."
     f = final_predictions(run['out_dir'], record=record)
-    if f is None: raise ValueError(f"roc_run={run['name']!r} has no test predictions in {run['out_dir']}; pick another run")
+    if f is None or not f.is_file(): raise ValueError(f"roc_run={run['name']!r} has no test predictions in {run['out_dir']}; pick another run")
     pred = pd.read_csv(f); labels = _labels(pred)
     auc = (record.get('results') or {}).get('test_auc') or []
     if isinstance(auc, dict): auc = auc.get((record.get('headline') or {}).get('model'), [])   # per model: the headline's
@@ -176,7 +183,8 @@ def write_report(grid_dir: str | Path, roc_run: str | None = None, out_dir: str 
     runs = {r['name']: r for r in status['runs']}
     records = {n: _record(r) for n, r in runs.items()}
     finished = summary[summary['value'].notna()]
-    with_preds = finished[[final_predictions(runs[r]['out_dir'], record=records[r]) is not None for r in finished['run']]]
+    pred_files, missing = prediction_files(grid_dir)
+    with_preds = finished[finished['run'].isin(pred_files)]
     roc_run = roc_run or (with_preds.loc[with_preds['value'].idxmax(), 'run'] if len(with_preds) else None)   # the best run with predictions
     if roc_run is not None and not records.get(roc_run):
         raise ValueError(f"roc_run={roc_run!r} is not a finished run of this grid; finished: {', '.join(finished['run']) or 'none'}")
@@ -186,12 +194,13 @@ def write_report(grid_dir: str | Path, roc_run: str | None = None, out_dir: str 
     paper, e = next((rec['paper'] for rec in records.values() if rec), {}), html.escape
     axes = list(dict.fromkeys([*status.get('axes', {}), *(k for r in status['runs'] for k in r['varying'])]))
     n = summary['status'].value_counts()
+    unreadable = f", {n['unreadable']} unreadable" if n.get('unreadable') else ''
     parts = [f"<h1>Grid {e(str(status.get('name') or grid_dir.name))}: {e(paper.get('title', ''))}</h1>",
              f"<p class='meta'>Notebook {e(Path(status.get('notebook', '?')).name)}; paper seed {e(str(paper.get('seed', '?')))} "
              f"(source {e(str(paper.get('source', '?')))}). {len(summary)} runs: {n.get('done', 0)} done now, {n.get('skipped', 0)} finished "
-             f"earlier, {n.get('failed', 0)} failed. Grid folder {e(str(grid_dir))}; report written "
+             f"earlier, {n.get('failed', 0)} failed{unreadable}. Grid folder {e(str(grid_dir))}; report written "
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
-             *_runs_html(summary, axes), *_comparisons_html(cmp), *_delong_html(dl),
+             *_runs_html(summary, axes), *_comparisons_html(cmp), *_delong_html(dl, missing),
              *(_roc_html(grid_dir, runs[roc_run], records[roc_run]) if roc_run else []),
              "<h2>Files</h2><p class='small'>Next to this page: runs, paper_vs_reproduced and delong as .csv and .md.</p>"]
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Grid {e(str(status.get('name', '')))} report</title>"

@@ -4,19 +4,45 @@
 
 # %% ../../nbs/reproduce/92_runner.ipynb #c6f82c40
 from __future__ import annotations
-import argparse, difflib, json, os, sys, time
+import argparse, difflib, json, math, os, re, sys, time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
-from ..core import embedded_data_dir
+from ..core import resource_dir
 from ..viz.explorers import HEADLESS_ENV
 
 # %% auto #0
-__all__ = ['ReproNotebook', 'repro_dir', 'repro_notebooks', 'find_notebook', 'notebook_parameters', 'check_parameters',
-           'ReproductionFailed', 'export_html', 'run_reproduction', 'main']
+__all__ = ['PROGRESS_LINE', 'INTERRUPTED', 'ParameterRange', 'ReproNotebook', 'repro_dir', 'declared_notebook', 'repro_notebooks',
+           'find_notebook', 'notebook_parameters', 'check_parameters', 'check_input_paths', 'ReproductionFailed',
+           'export_html', 'reproduction_notebook', 'run_reproduction', 'main']
 
 # %% ../../nbs/reproduce/92_runner.ipynb #021fa913
+@dataclass(frozen=True)
+class ParameterRange:
+    "The numbers a parameter admits, written as an interval: `[1, inf)`, `(0, 1]` (a square bracket includes its end, a round one excludes it)."
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+
+    @classmethod
+    def parse(cls, text: str) -> ParameterRange:
+        "The range written as `text` such as `'[0, 1)'` or `'[1, inf)'`; `ValueError` on any other form."
+        m = re.fullmatch(r'\s*([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])\s*', str(text))
+        try: low, high = float(m[2]), float(m[3])
+        except (TypeError, ValueError): low = high = math.nan
+        if not low <= high: raise ValueError(f"range {text!r}: expected an interval such as '[1, inf)' or '(0, 1]' with low <= high")
+        return cls(low, high, m[1] == '[', m[4] == ']')
+
+    def __contains__(self, v: float) -> bool:
+        "Whether `v` lies in the range (NaN never does)."
+        return (self.low < v or (self.low_closed and v == self.low)) and (v < self.high or (self.high_closed and v == self.high))
+
+    def __str__(self) -> str:
+        num = lambda x: ('-inf' if x < 0 else 'inf') if math.isinf(x) else f'{x:g}'
+        return f"{'[' if self.low_closed else '('}{num(self.low)}, {num(self.high)}{']' if self.high_closed else ')'}"
+
 @dataclass(frozen=True)
 class ReproNotebook:
     "A reproduction notebook in `nbs/repro/` and what its metadata declares."
@@ -26,19 +52,31 @@ class ReproNotebook:
     choices: dict = field(default_factory=dict)
     path_parameters: tuple = ()
     smallest: dict = field(default_factory=dict)
+    ranges: dict = field(default_factory=dict)  # parameter -> ParameterRange
+    timing: dict = field(default_factory=dict)  # measured seconds per setting, and the machine
 
 def repro_dir() -> Path:
-    "The folder of the reproduction notebooks (`nbs/repro/` next to the embedded `data/`)."
-    return embedded_data_dir().parent / 'nbs' / 'repro'
+    "The folder of the reproduction notebooks: shipped inside the package (`cxr_notebooks/_repro`), or `nbs/repro/` in a clone."
+    return resource_dir('repro')
+
+def declared_notebook(path: str | Path) -> ReproNotebook | None:
+    "The `ReproNotebook` a notebook file declares in its `cxr_notebooks` metadata; None when it declares none (a library notebook)."
+    p = Path(path)
+    meta = json.loads(p.read_text(encoding='utf-8')).get('metadata', {}).get('cxr_notebooks')
+    if not meta: return None
+    ranges = {}
+    for k, text in meta.get('ranges', {}).items():
+        try: ranges[k] = ParameterRange.parse(text)
+        except ValueError as e: raise ValueError(f"{p.name}: metadata cxr_notebooks.ranges.{k}: {e}") from None
+    return ReproNotebook(str(meta['seed']), meta.get('title', p.stem), p, meta.get('choices', {}), tuple(meta.get('path_parameters', ())),
+                         meta.get('smallest', {}), ranges, meta.get('timing', {}))
 
 def repro_notebooks(folder: str | Path | None = None) -> dict[str, ReproNotebook]:
     "Seed -> `ReproNotebook` for every notebook in `folder` (default `nbs/repro/`) with `cxr_notebooks` metadata."
     out = {}
     for p in sorted(Path(folder or repro_dir()).glob('*.ipynb')):
-        meta = json.loads(p.read_text(encoding='utf-8')).get('metadata', {}).get('cxr_notebooks')
-        if not meta: continue
-        nb = ReproNotebook(str(meta['seed']), meta.get('title', p.stem), p, meta.get('choices', {}),
-                           tuple(meta.get('path_parameters', ())), meta.get('smallest', {}))
+        nb = declared_notebook(p)
+        if nb is None: continue
         if nb.seed in out: raise ValueError(f"seed {nb.seed} is declared by both {out[nb.seed].path.name} and {p.name}")
         out[nb.seed] = nb
     return out
@@ -58,6 +96,7 @@ def find_notebook(name: str | Path) -> ReproNotebook:
 
 # %% ../../nbs/reproduce/92_runner.ipynb #123abaef
 _TYPES = {'int': (int,), 'float': (int, float), 'str': (str,), 'bool': (bool,), 'list': (list,), 'dict': (dict,)}
+_BOOLEANS = {'true': True, 'false': False, 'yes': True, 'no': False, '1': True, '0': False}
 
 def notebook_parameters(path: str | Path) -> dict[str, dict]:
     "Name -> {'type', 'default', 'help'} of a notebook's parameters cell (papermill's inspection)."
@@ -65,35 +104,49 @@ def notebook_parameters(path: str | Path) -> dict[str, dict]:
     return {k: {'type': v['inferred_type_name'], 'default': v['default'], 'help': v['help']}
             for k, v in pm.inspect_notebook(str(path)).items()}
 
-def _fits(value: Any, type_name: str, choices: Sequence | None) -> str | None:
-    "Why `value` does not fit (`None` when it does)."
+def _as_bool(value: Any) -> Any:
+    "A boolean as people write it (`False`, `false`, `no`, `0`, ...) as a bool; any other value unchanged."
+    if value is None or isinstance(value, bool) or isinstance(value, float): return value
+    return _BOOLEANS.get(str(value).strip().lower(), value)
+
+def _fits(value: Any, type_name: str, choices: Sequence | None, rng: ParameterRange | None = None) -> str | None:
+    "Why `value` does not fit its type, choices and range (`None` when it does)."
     if value is None: return None
     ok = _TYPES.get(type_name)
     if ok and (not isinstance(value, ok) or (isinstance(value, bool) and bool not in ok)):
         return f"expected {type_name}, got {type(value).__name__} {value!r}"
     if choices and value not in choices and not ('*.csv' in choices and str(value).endswith('.csv')):
         return f"expected one of {', '.join(map(str, choices))}, got {value!r}"
+    if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value not in rng:
+        return f"{'NaN is not a number' if value != value else f'{value!r} is outside its range'}; expected a number in {rng}"
     return None
 
 def check_parameters(nb: ReproNotebook, params: Mapping[str, Any], cwd: str | Path | None = None) -> dict[str, Any]:
-    "`params` checked against `nb`'s parameters cell and choices, path parameters made absolute; `ValueError` on any problem."
+    "`params` checked against `nb`'s parameters cell, choices and ranges, booleans parsed, path parameters made absolute; `ValueError` on any problem."
     spec = notebook_parameters(nb.path)
-    errors = []
+    errors, out = [], dict(params)
     for k, v in params.items():
         if k not in spec:
             close = difflib.get_close_matches(k, spec, n=1)
             errors.append(f"unknown parameter {k!r}" + (f" (did you mean {close[0]!r}?)" if close else ''))
             continue
-        why = _fits(v, spec[k]['type'], nb.choices.get(k))
-        if why: errors.append(f"parameter {k}: {why}")
+        if spec[k]['type'] == 'bool': out[k] = v = _as_bool(v)
+        why = _fits(v, spec[k]['type'], nb.choices.get(k), nb.ranges.get(k))
+        if why: errors.append(f"parameter {k}: {why}" + (f" (write -p {k} true or -p {k} false)" if spec[k]['type'] == 'bool' else ''))
     if errors:
         raise ValueError(f"{nb.path.name}: " + '; '.join(errors) + f". Parameters: {', '.join(spec)}")
-    out = dict(params)
     for k in nb.path_parameters:
         v = out.get(k)
         if isinstance(v, str) and v not in nb.choices.get(k, ()):
             out[k] = str((Path(cwd or os.getcwd()) / v).resolve())
     return out
+
+def check_input_paths(nb: ReproNotebook, params: Mapping[str, Any]) -> None:
+    "`ValueError` naming every path parameter of `params` (checked, so absolute) whose file or folder does not exist (a `*_cache_dir` may: downloads create it)."
+    missing = [f"parameter {k}: {params[k]} does not exist" for k in nb.path_parameters
+               if isinstance(params.get(k), str) and params[k] not in nb.choices.get(k, ()) and not k.endswith('cache_dir')
+               and not Path(params[k]).exists()]
+    if missing: raise ValueError(f"{nb.path.name}: " + '; '.join(missing) + "; expected an existing file or folder (relative paths are read from your directory)")
 
 # %% ../../nbs/reproduce/92_runner.ipynb #897deb6b
 class ReproductionFailed(RuntimeError):
@@ -120,31 +173,91 @@ def _headless():
         if old is None: os.environ.pop(HEADLESS_ENV, None)
         else: os.environ[HEADLESS_ENV] = old
 
+#: The lines of a notebook's output that the runner shows while it runs: one per epoch (`epoch 3/8 ...`, `stage 2 epoch 1 ...`).
+PROGRESS_LINE = re.compile(r'^\W*(?:stage\s*\d+\W*)?epoch\b', re.IGNORECASE)
+
+class _ProgressLines:
+    "A file-like sink for the kernel's stdout (papermill's `stdout_file`) that passes on only its per-epoch lines."
+    def __init__(self, stream): self.stream, self.buffer = stream, ''
+    def write(self, text: str) -> None:
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split('\n')
+        for line in lines:
+            line = line.rsplit('\r', 1)[-1]
+            if PROGRESS_LINE.match(line): print(f"  {line.strip()}", file=self.stream, flush=True)
+    def flush(self) -> None: self.stream.flush()
+
+def _finished(notebook: Path) -> bool:
+    "Whether `notebook` is an executed notebook whose every code cell ran and none raised (papermill's metadata)."
+    try: d = json.loads(Path(notebook).read_text(encoding='utf-8'))
+    except (OSError, ValueError): return False
+    code = [c for c in d.get('cells', []) if c.get('cell_type') == 'code']
+    return 'papermill' in d.get('metadata', {}) and not d['metadata']['papermill'].get('exception') and all(c.get('execution_count') for c in code)
+
+def _keep_attempt(attempt: Path, out_nb: Path, html: bool) -> Path:
+    "Move a failed attempt's notebook to `out_nb`, or beside it as `<name>.failed.ipynb` when `out_nb` holds a finished run; its HTML too."
+    target = out_nb.with_name(f'{out_nb.stem}.failed.ipynb') if _finished(out_nb) else out_nb
+    if attempt.exists():
+        os.replace(attempt, target)
+        if html: export_html(target)
+    return target
+
+def _checked_out_dir(out_dir: Path, parameters: Mapping[str, Any], cwd: Path) -> Path:
+    "The run folder, refused when it is a file, conflicts with `parameters['out_dir']` or cannot be written."
+    if out_dir.exists() and not out_dir.is_dir(): raise ValueError(f"--out {out_dir} is a file; expected a folder for the run")
+    given = parameters.get('out_dir')
+    if given is not None and (cwd / str(given)).resolve() != out_dir.resolve():
+        raise ValueError(f"-p out_dir {given} conflicts with --out {out_dir}: the run folder is given once; drop -p out_dir")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f'.write-test-{os.getpid()}'; probe.write_bytes(b''); probe.unlink()
+    except OSError as e:
+        raise ValueError(f"--out {out_dir} cannot be written ({e.strerror or e}); choose a folder you can write to") from None
+    return out_dir
+
+def reproduction_notebook(name: str | Path) -> ReproNotebook:
+    "`find_notebook`, with what a notebook path declares in its metadata; `ValueError` for a notebook that declares nothing (a library notebook)."
+    nb = find_notebook(name)
+    if nb.seed != '?': return nb
+    declared = declared_notebook(nb.path)
+    if declared is None: raise ValueError(f"{name} is not a reproduction notebook (its metadata has no cxr_notebooks block); "
+                                          f"reproduction notebooks: {_known(repro_notebooks())}")
+    return declared
+
 def run_reproduction(name: str | Path, # seed number ('002') or notebook path
                      out_dir: str | Path, # the run folder (created; must not be a file)
                      parameters: Mapping[str, Any] | None = None, # notebook parameters, checked first
                      html: bool = True, # also write the executed notebook as HTML
-                     progress: bool = True, # papermill's progress bar
+                     progress: bool = True, # show the notebook's per-epoch lines (`PROGRESS_LINE`) while it runs
                      cwd: str | Path | None = None, # relative path parameters resolve here (default: the current folder)
                     ) -> Path:
-    "Check `parameters`, execute a reproduction notebook with papermill into `out_dir` (plus HTML); return the executed notebook."
+    "Check everything a run needs before a kernel starts, execute the notebook with papermill into `out_dir` (plus HTML); return the executed notebook."
     try: import papermill as pm
     except ImportError as e:
         raise ImportError("running reproduction notebooks needs papermill: pip install 'cxr_notebooks[dev]'") from e
-    nb = find_notebook(name)
-    out_dir = Path(cwd or os.getcwd()) / Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir(): raise ValueError(f"--out {out_dir} is a file; expected a folder for the run")
-    params = {**check_parameters(nb, dict(parameters or {}), cwd), 'out_dir': str(out_dir.resolve())}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_nb, t0 = out_dir / nb.path.name, time.time()
+    from .kit import check_resume   # the run folder's stored configuration (kit needs torch: imported when a run starts)
+    nb, cwd = reproduction_notebook(name), Path(cwd or os.getcwd())
+    out_dir = cwd / Path(out_dir)
+    params = check_parameters(nb, {k: v for k, v in (parameters or {}).items() if k != 'out_dir'}, cwd)
+    check_input_paths(nb, params)
+    out_dir = _checked_out_dir(out_dir, dict(parameters or {}), cwd)
+    check_resume(out_dir, params)   # a refused re-run stops here, touching nothing
+    params['out_dir'] = str(out_dir.resolve())
+    out_nb, attempt, t0 = out_dir / nb.path.name, out_dir / f'.{nb.path.stem}.running.ipynb', time.time()
+    if progress: print(f"running {nb.path.name} into {out_dir} (one line per epoch below)", flush=True)
     try:
         with _headless():
-            pm.execute_notebook(str(nb.path), str(out_nb), parameters=params, cwd=str(nb.path.parent),
-                                progress_bar=progress, kernel_name='python3')
+            pm.execute_notebook(str(nb.path), str(attempt), parameters=params, cwd=str(nb.path.parent), progress_bar=False,
+                                kernel_name='python3', stdout_file=_ProgressLines(sys.stdout) if progress else None,
+                                extra_arguments=['--IPKernelApp.log_level=ERROR'])   # not the kernel's own warnings about its sockets
     except pm.PapermillExecutionError as e:
-        raise ReproductionFailed(e.ename, e.evalue, out_nb) from None
-    finally:
-        if html and out_nb.exists(): export_html(out_nb)
+        kept = _keep_attempt(attempt, out_nb, html)
+        if e.ename == 'KeyboardInterrupt': raise KeyboardInterrupt from None
+        raise ReproductionFailed(e.ename, e.evalue, kept) from None
+    except BaseException:   # interrupted, or papermill itself failed: the attempt never replaces a finished run
+        _keep_attempt(attempt, out_nb, html); raise
+    os.replace(attempt, out_nb)
+    if html: export_html(out_nb)
     print(f"{nb.path.name} ran in {time.time() - t0:.0f} s -> {out_nb}")
     return out_nb
 
@@ -154,11 +267,34 @@ def _parse_value(v: str) -> Any:
     try: return json.loads(v)
     except ValueError: return v
 
+def _duration(seconds: float) -> str:
+    "`75` -> '1 min 15 s'."
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s} s" if m else f"{s} s"
+
+def _timing_line(nb: ReproNotebook) -> str:
+    "The measured times of a notebook's metadata (`timing`), in words."
+    t = dict(nb.timing)
+    if not t: return "time: not measured yet"
+    machine, when, note = t.pop('machine', '?'), t.pop('measured', None), t.pop('note', None)
+    runs = '; '.join(f"{k} {_duration(v)}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in t.items())
+    return f"time on {machine}{f' ({when})' if when else ''}: {runs}" + (f". {note}" if note else '')
+
 def _list() -> None:
+    "Print every reproduction notebook: its smallest setting, measured times, and its parameters with defaults, ranges and help."
     for s, nb in repro_notebooks().items():
-        print(f"{s}  {nb.title}  ({nb.path.relative_to(repro_dir().parent.parent)})")
+        print(f"{s}  {nb.title}  ({nb.path})")
+        print(f"      smallest: cxr-reproduce run {s} --out DIR " + ' '.join(f"-p {k} {_text(v)}" for k, v in sorted(nb.smallest.items(), key=lambda kv: kv[0] != 'profile')))
+        print(f"      {_timing_line(nb)}")
         for k, p in notebook_parameters(nb.path).items():
-            print(f"      {k:<18} {p['type']:<6} = {p['default']:<14} {p['help']}")
+            allowed = f"in {nb.ranges[k]}" if k in nb.ranges else ''
+            print(f"      {k:<18} {p['type']:<6} = {p['default']:<14} {allowed:<16} {p['help']}")
+
+def _text(v: Any) -> str:
+    "A parameter value as typed on the command line."
+    return v if isinstance(v, str) else json.dumps(v)
+
+INTERRUPTED = "interrupted; re-run the same command to resume from the last checkpoint"
 
 def _grid_or_report(a) -> int:
     "The `grid` and `report` subcommands (their modules import this one, hence imported here)."
@@ -184,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument('--out', default='runs/demo')
     run = sub.add_parser('run', help='any reproduction notebook with parameters')
     run.add_argument('name', help='seed number (e.g. 002) or notebook path'); run.add_argument('--out', required=True)
-    sub.add_parser('list', help='the reproduction notebooks and their parameters')
+    sub.add_parser('list', help='the reproduction notebooks: smallest setting, measured times, parameters')
     grid = sub.add_parser('grid', help='a grid of runs from a YAML/JSON spec, on Ray (see grids/)')
     grid.add_argument('spec'); grid.add_argument('--out', default=None, help='grid folder (default: runs/grids/<spec name>)')
     grid.add_argument('--workers', type=int, default=None, help='runs at once on a local Ray; 1: sequential, no Ray')
@@ -195,12 +331,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument('-p', nargs=2, action='append', default=[], metavar=('KEY', 'VALUE'))
         p.add_argument('--no-html', action='store_true')
     a = ap.parse_args(argv)
-    if a.cmd == 'list': _list(); return 0
-    if a.cmd in ('grid', 'report'): return _grid_or_report(a)
-    params = {k: _parse_value(v) for k, v in a.p}
-    if a.cmd == 'demo': params = {'profile': 'smoke', **params}
-    try: out = run_reproduction('002' if a.cmd == 'demo' else a.name, a.out, params, html=not a.no_html)
-    except (ValueError, ReproductionFailed, FileNotFoundError) as e:
-        print(f"cxr-reproduce: error: {e}", file=sys.stderr); return 1
+    try:
+        if a.cmd == 'list': _list(); return 0
+        if a.cmd in ('grid', 'report'): return _grid_or_report(a)
+        params = {k: _parse_value(v) for k, v in a.p}
+        if a.cmd == 'demo': params = {'profile': 'smoke', **params}
+        try: out = run_reproduction('002' if a.cmd == 'demo' else a.name, a.out, params, html=not a.no_html)
+        except (ValueError, ReproductionFailed, FileNotFoundError) as e:
+            print(f"cxr-reproduce: error: {e}", file=sys.stderr); return 1
+    except KeyboardInterrupt:
+        print(f"cxr-reproduce: {INTERRUPTED}", file=sys.stderr); return 130
     print(f"Open {out.with_suffix('.html')} (or the .ipynb in JupyterLab); figures, tables and metrics.json are in {out.parent}")
     return 0

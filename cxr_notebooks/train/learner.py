@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from ..core import CXRDataError, Registry, atomic_write_text, seed_everything
+from ..data.datasets import finish_batch
 from ..metrics.classification import macro_auroc
 
 # %% auto #0
@@ -95,9 +96,9 @@ def set_rng_state(state: dict, dl: Iterable | None = None, *more: Iterable) -> N
 
 # %% ../../nbs/train/50_learner.ipynb #c10ca54c
 def to_device(batch, device: str | torch.device):
-    "Every tensor of a batch (in dicts, lists, tuples) as a plain `torch.Tensor` on `device` (tv_tensors unwrapped)."
+    "Every tensor of a batch (in dicts, lists, tuples) as a plain `torch.Tensor` on `device` (tv_tensors unwrapped); uint8 images made model input there (`data.datasets.finish_batch`)."
     if isinstance(batch, torch.Tensor): return batch.as_subclass(torch.Tensor).to(device, non_blocking=True)
-    if isinstance(batch, dict): return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, dict): return finish_batch({k: to_device(v, device) for k, v in batch.items()})
     if isinstance(batch, (list, tuple)): return type(batch)(to_device(v, device) for v in batch)
     return batch
 
@@ -225,8 +226,11 @@ class Learner:
                  grad_accum_steps: int = 1,  # batches per optimizer step
                  clip_grad_norm: float | None = None,  # max gradient norm, None: no clipping
                  early_stopping_patience: int | None = None,  # epochs without improvement before stopping
+                 early_stopping_resets: bool = True,  # False: the counter is never reset, so it counts non-improving epochs in total (seed 000's code)
+                 scheduler_metric: tuple[str, str] | None = None,  # (history column, 'max'/'min') a plateau scheduler watches; None: the selected metric
                  seed: int | None = 0,  # seeds everything at the start of a fresh run
                  progress: bool = True,  # tqdm bars
+                 verbose: bool = True,  # print one line per epoch to stdout (epoch, train loss, metric, seconds): a papermill run streams it
                  activation: str | None = 'sigmoid',  # a name in `ACTIVATIONS`: logits -> probabilities for the metric
                  step: Callable = classification_step,  # `step(model, batch, loss_fn) -> (loss, outputs)`
                  channels_last: bool = False):  # model and 4-D images in channels-last memory layout
@@ -239,8 +243,9 @@ class Learner:
         self.train_dl, self.valid_dl, self.optimizer, self.step = train_dl, valid_dl, optimizer, step
         self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, nn.Module) else loss_fn  # class weights live in buffers
         (self.metric_name, self.metric_fn), self.mode = metric, mode  # metric_fn None: the validation loss
-        self.out_dir, self.activation, self.seed, self.progress = Path(out_dir), activation, seed, progress
+        self.out_dir, self.activation, self.seed, self.progress, self.verbose = Path(out_dir), activation, seed, progress, verbose
         self.grad_accum_steps, self.clip_grad_norm, self.patience = grad_accum_steps, clip_grad_norm, early_stopping_patience
+        self.early_stopping_resets, self.scheduler_metric = early_stopping_resets, tuple(scheduler_metric or (self.metric_name, mode))
         self.amp_dtype = _amp_dtype(amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self._initial_lrs = [g['lr'] for g in optimizer.param_groups]
@@ -259,20 +264,20 @@ class Learner:
         self.best_metric, self.best_epoch = None, None
 
     def _check_plateau_mode(self):
-        s = self.scheduler
-        if isinstance(s, _S.ReduceLROnPlateau) and s.mode != self.mode:
-            raise ValueError(f"the ReduceLROnPlateau scheduler has mode {s.mode!r} but the learner selects {self.metric_name!r} "
-                             f"with mode={self.mode!r}; build it with mode={self.mode!r} (or pass scheduler='plateau')")
+        s, (name, mode) = self.scheduler, self.scheduler_metric
+        if isinstance(s, _S.ReduceLROnPlateau) and s.mode != mode:
+            raise ValueError(f"the ReduceLROnPlateau scheduler has mode {s.mode!r} but watches {name!r} "
+                             f"with mode={mode!r}; build it with mode={mode!r} (or pass scheduler='plateau')")
 
     def _schedule(self, epochs: int) -> None:
         "The scheduler of a run of `epochs`, rewound and replayed through the epochs in `history` (as if never interrupted)."
         for g, lr in zip(self.optimizer.param_groups, self._initial_lrs): g['lr'] = lr
         if self._scheduler_factory is not None:
-            self.scheduler = self._scheduler_factory(self.optimizer, epochs, mode=self.mode); self._check_plateau_mode()
+            self.scheduler = self._scheduler_factory(self.optimizer, epochs, mode=self.scheduler_metric[1]); self._check_plateau_mode()
         elif self.scheduler is not None: self.scheduler.load_state_dict(copy.deepcopy(self._scheduler_state0))
         with warnings.catch_warnings():  # the replay steps the scheduler without optimizer steps in between
             warnings.filterwarnings('ignore', message=r'Detected call of `lr_scheduler\.step\(\)` before')
-            for row in self.history: self._scheduler_step(row[self.metric_name])
+            for row in self.history: self._scheduler_step(row[self.scheduler_metric[0]])
 
     def _scheduler_step(self, metric: float) -> None:
         if isinstance(self.scheduler, _S.ReduceLROnPlateau): self.scheduler.step(metric)
@@ -351,22 +356,33 @@ class Learner:
 
     @property
     def history_df(self) -> pd.DataFrame:
-        "The history as a table: epoch, train_loss[, train_<term>...], val_loss[, val_<term>...], the metric, lr, seconds."
-        cols = dict.fromkeys(k for row in self.history for k in row) or dict.fromkeys(['epoch', 'train_loss', 'val_loss', self.metric_name, 'lr', 'seconds'])
-        return pd.DataFrame(self.history, columns=list(cols))
+        "The history: epoch, train_loss[, train_<term>...], val_loss[, val_<term>...], the metric, lr, seconds, best_epoch (what best.pt held then)."
+        cols = dict.fromkeys(k for row in self.history for k in row) or dict.fromkeys(['epoch', 'train_loss', 'val_loss', self.metric_name, 'lr', 'seconds', 'best_epoch'])
+        df = pd.DataFrame(self.history, columns=list(cols))
+        df.attrs.update(metric=self.metric_name, mode=self.mode)
+        return df
 
     def _end_of_epoch(self, row: dict) -> None:
-        "Record the epoch, update best/early stopping, write best.pt, last.pt and the history files."
-        self.history.append(row); self.epoch, metric = row['epoch'], row[self.metric_name]
+        "Record the epoch (with the epoch best.pt holds after it), update best/early stopping, write best.pt, last.pt and the history files."
+        self.epoch, metric = row['epoch'], row[self.metric_name]
         if self._improved(metric):
-            self.best_metric, self.best_epoch, self.bad_epochs = metric, self.epoch, 0
+            self.best_metric, self.best_epoch = metric, self.epoch
+            if self.early_stopping_resets: self.bad_epochs = 0
             atomic_save({'model': self.model.state_dict(), 'epoch': self.epoch, self.metric_name: metric}, self.out_dir / 'best.pt')
         else: self.bad_epochs += 1
+        self.history.append({**row, 'best_epoch': self.best_epoch})
         self.stopped_early = self.patience is not None and self.bad_epochs >= self.patience
         atomic_save(self.state_dict(), self.out_dir / 'last.pt')
         df = self.history_df
         atomic_write_text(self.out_dir / 'history.csv', df.to_csv(index=False))
         atomic_write_text(self.out_dir / 'history.json', df.to_json(orient='records', indent=1))
+
+    def _epoch_line(self, epochs: int) -> str:
+        "'ours/stage1 epoch 3/8: train_loss 0.4123, val_auroc 0.6123 (best 2), 12.3 s': the last epoch in one line."
+        r = self.history[-1]
+        best = '(best)' if r['best_epoch'] == r['epoch'] else f"(best {r['best_epoch']})"
+        return (f"{'/'.join(self.out_dir.parts[-2:])} epoch {r['epoch']}/{epochs}: train_loss {r['train_loss']:.4f}, "
+                f"{self.metric_name} {r[self.metric_name]:.4f} {best}, {r['seconds']:.1f} s")
 
     def fit(self, epochs: int, resume: bool = False) -> pd.DataFrame:
         "Train up to epoch `epochs` (continuing from `out_dir/last.pt` if `resume`), then load the best weights."
@@ -383,9 +399,10 @@ class Learner:
         while self.epoch < epochs and not self.stopped_early:
             t0, lr = time.perf_counter(), self.optimizer.param_groups[0]['lr']
             row = {'epoch': self.epoch + 1, **self.train_epoch(self.epoch + 1), **self.validate()}
-            self._scheduler_step(row[self.metric_name])
+            self._scheduler_step(row[self.scheduler_metric[0]])
             self._end_of_epoch({**row, 'lr': lr, 'seconds': time.perf_counter() - t0})
             bar.update(); bar.set_postfix({k: f'{v:.4f}' for k, v in row.items() if k in ('train_loss', 'val_loss', self.metric_name)})
+            if self.verbose: print(self._epoch_line(epochs), flush=True)
         bar.close()
         if self.best_epoch is not None:  # model selection: the weights of the best validation epoch
             self.model.load_state_dict(torch.load(self.out_dir / 'best.pt', map_location=self.device, weights_only=True)['model'])

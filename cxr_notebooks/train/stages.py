@@ -13,7 +13,7 @@ import pandas as pd
 from torch import nn
 from ..core import CXRDataError, seed_everything
 from ..data.cache import ImageCache
-from ..data.datasets import CXRDataset, default_transforms, make_dataloader
+from ..data.datasets import AffineAugment, CXRDataset, default_transforms, make_dataloader
 from ..data.splits import check_patient_disjoint
 from ..models.backbones import create_model
 from .learner import Learner, create_optimizer
@@ -49,8 +49,9 @@ def stage_dataset(table: pd.DataFrame, # image table: `image`, `path`, `patient_
                   normalize: str | None = 'imagenet', # normalisation of `default_transforms`
                   boxes: pd.DataFrame | None = None, # box table to carry along (evaluation, CAMs)
                  ) -> CXRDataset:
-    "A `CXRDataset` at `image_size` with the default (train or eval) transforms, read from `cache` if given."
-    return CXRDataset(table, labels, transform=default_transforms(image_size, train, normalize), boxes=boxes,
+    "A `CXRDataset` at `image_size`: uint8 `AffineAugment` (normalised on the device) when `train`, else the eval transforms; read from `cache` if given."
+    tf = AffineAugment(image_size, normalize) if train else default_transforms(image_size, False, normalize)
+    return CXRDataset(table, labels, transform=tf, boxes=boxes,
                       image_size=image_size, cache=cache)
 
 # %% ../../nbs/train/51_stages.ipynb #18fdc926

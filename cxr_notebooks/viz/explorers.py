@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+import seaborn as sns
 from sklearn.metrics import roc_curve
 from ..core import CXRDataError
 from ..data.contract import BOX_COLUMNS, XYXY_COLUMNS
@@ -167,9 +168,9 @@ class ThresholdExplorer(Explorer):
         ax_roc.set(xlabel='1 - specificity', ylabel='sensitivity', title=f'ROC: {self.label}'); ax_roc.legend(fontsize=8, loc='lower right')
         c = self.counts()
         cm = np.array([[c['tn'], c['fp']], [c['fn'], c['tp']]])
-        ax_cm.imshow(cm, cmap='Blues')
-        for (i, j), v in np.ndenumerate(cm): ax_cm.text(j, i, str(v), ha='center', va='center', fontsize=12, c='white' if v > cm.max() / 2 else 'black')
-        ax_cm.set(xticks=[0, 1], xticklabels=['pred -', 'pred +'], yticks=[0, 1], yticklabels=['true -', 'true +'], title='confusion matrix')
+        sns.heatmap(cm, annot=True, fmt='d', cmap='Blues', cbar=False, square=True, ax=ax_cm, annot_kws=dict(fontsize=12),
+                    xticklabels=['pred -', 'pred +'], yticklabels=['true -', 'true +'])
+        ax_cm.set_title('confusion matrix')
         ax_txt.axis('off'); ax_txt.text(0, 1, self.summary(), va='top', family='monospace', fontsize=8)
         fig.tight_layout()
         return fig

@@ -115,15 +115,35 @@ def plot_cam_grid(images: Sequence[np.ndarray], cams: Sequence[np.ndarray], titl
     return _save(fig, path)
 
 # %% ../../nbs/viz/70_plots.ipynb #269baba4
-_HISTORY_BASE = ('epoch', 'train_loss', 'val_loss', 'lr')
+_HISTORY_BOOKKEEPING = ('epoch', 'train_loss', 'val_loss', 'lr', 'seconds', 'best_epoch', 'stage', 'image_size', 'batch_size')
 
-def plot_training_curves(history: pd.DataFrame, path: str | Path | None = None, metric: str | None = None,
-                         mode: str = 'max') -> Figure:
-    "Train/val loss, the validation `metric` (default: the first other column; best epoch marked) and lr by epoch."
+def _selection_metric(history: pd.DataFrame) -> str | None:
+    "The metric the learner selected on: `attrs['metric']`, else the column before `lr` (the learner's layout), else the first non-train column."
+    if history.attrs.get('metric') in history.columns: return history.attrs['metric']
+    cols = list(history.columns)
+    if 'lr' in cols and cols.index('lr') > 0 and not cols[cols.index('lr') - 1].startswith(('train_', 'epoch')): return cols[cols.index('lr') - 1]
+    return next((c for c in cols if c not in _HISTORY_BOOKKEEPING and not c.startswith('train_')), None)
+
+def _kept_rows(history: pd.DataFrame, v: pd.Series, mode: str) -> list:
+    "Index of the row of each stage's kept epoch: the `best_epoch` the learner recorded last, else the best `v` (first on ties)."
+    out = []
+    for _, g in history.groupby('stage', sort=False) if 'stage' in history.columns else [(None, history)]:
+        if 'best_epoch' in g.columns and g['best_epoch'].notna().any():
+            kept = g.index[g['epoch'] == g['best_epoch'].dropna().iloc[-1]]
+            if len(kept): out.append(kept[0])
+        elif v[g.index].notna().any(): out.append(v[g.index].idxmax() if mode == 'max' else v[g.index].idxmin())
+    return out
+
+def plot_training_curves(history: pd.DataFrame, # one row per epoch (`train.learner.Learner.history_df`, a history.csv)
+                         path: str | Path | None = None, # write the figure here
+                         metric: str | None = None, # the validation metric (default: the one the learner selected on)
+                         mode: str = 'max', # its direction, used only for a history without `best_epoch`
+                        ) -> Figure:
+    "Train/val loss, the validation `metric` with the kept epoch marked (the learner's `best_epoch`) and lr by epoch."
     miss = [c for c in ('epoch', 'train_loss', 'val_loss') if c not in history.columns]
     if miss: raise CXRDataError(f"history lacks column(s) {miss}; expected epoch, train_loss, val_loss, <metric>, lr")
-    others = [c for c in history.columns if c not in _HISTORY_BASE]
-    metric = metric if metric is not None else (others[0] if others else None)
+    history = history.reset_index(drop=True)
+    metric = metric if metric is not None else _selection_metric(history)
     if metric is not None and metric not in history.columns:
         raise CXRDataError(f"history has no metric column {metric!r}; columns: {list(history.columns)}")
     if mode not in ('max', 'min'): raise CXRDataError(f"mode={mode!r}; expected 'max' or 'min'")
@@ -137,9 +157,11 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path | None = None, 
         ax, v = axs[1], history[metric].astype(float)
         name = metric if metric.startswith('val') else f'val {metric}'
         ax.plot(e, v, 'o-', ms=3, c='C2', label=name)
-        if v.notna().any():
-            best = v.idxmax() if mode == 'max' else v.idxmin()
-            ax.axvline(e[best], ls='--', c='grey', lw=1, label=f'best epoch {e[best]} ({v[best]:.3f})')
+        kept = _kept_rows(history, v, mode)
+        for i, best in enumerate(kept):
+            stage = f"stage {history['stage'][best]} " if len(kept) > 1 else ''
+            ax.axvline(e[best], ls='--', c=f'C{4 + i}' if len(kept) > 1 else 'grey', lw=1,
+                       label=f'{stage}best epoch {e[best]} ({v[best]:.3f})')
         ax.set(xlabel='epoch', ylabel=metric, title=name); ax.legend(fontsize=8)
     if 'lr' in history.columns:
         axs[-1].plot(e, history['lr'], 'o-', ms=3, c='C3'); axs[-1].set(xlabel='epoch', ylabel='lr', title='learning rate', yscale='log')
@@ -200,11 +222,12 @@ def paper_vs_reproduced(ours: pd.DataFrame | pd.Series, paper: pd.Series, paper_
         t.assign(metric=metric, paper_source=paper_source, setup=setup).to_csv(path, index=False)
     return t
 
-def style_comparison(df: pd.DataFrame, digits: int = 3):
-    "A pandas Styler of a `paper_vs_reproduced` table: ours as '0.810 [0.780, 0.840]', difference colored, caption from attrs."
+def style_comparison(df: pd.DataFrame, digits: int = 3, title: str | None = None):
+    "A pandas Styler of a `paper_vs_reproduced` table: ours as '0.810 [0.780, 0.840]', difference colored, the caption (after `title`) shown once."
     f = lambda v: '' if pd.isna(v) else f"{v:.{digits}f}"
     ours = [f(o) + (f" [{f(l)}, {f(h)}]" if pd.notna(l) and pd.notna(h) else '') for o, l, h in zip(df.ours, df.ci_low, df.ci_high)]
     show = pd.DataFrame({'label': df.label, 'paper': df.paper, 'ours [95% CI]': ours, 'difference': df.difference})
     color = lambda v: '' if pd.isna(v) else f"color: {'#1a7f37' if v > 0 else '#cf222e' if v < 0 else 'inherit'}"
     return (show.style.format({'paper': f, 'difference': lambda v: '' if pd.isna(v) else f"{v:+.{digits}f}"})
-            .map(color, subset=['difference']).hide(axis='index').set_caption(df.attrs.get('caption', '')))
+            .map(color, subset=['difference']).hide(axis='index')
+            .set_caption(f"{title}: {df.attrs.get('caption', '')}" if title else df.attrs.get('caption', '')))
