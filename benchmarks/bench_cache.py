@@ -6,7 +6,8 @@ texture (the NIH release averages about 0.4 MB per PNG). Then times, over the sa
   (a) read_image(path, 224) per item (decode the 1024 px PNG + INTER_AREA resize), and
   (b) ImageCache[i] (a 224x224 slice of the memmap),
 each also through CXRDataset.__getitem__ (what a DataLoader worker calls; torch runs one thread per
-worker, so this script does too), best of --repeats passes, and prints the ratios.
+worker, so this script does too), best of --repeats passes, and prints the ratios. The cache is built
+twice first, in 1 process and in one per usable core, to print the build's scaling.
 
     .venv/bin/python benchmarks/bench_cache.py [--n 64] [--size 224] [--epochs 3] [--repeats 3]
 """
@@ -21,7 +22,7 @@ import torch
 
 from cxr_notebooks.data.cache import ImageCache
 from cxr_notebooks.core import embedded_data_dir
-from cxr_notebooks.data.datasets import CXRDataset, read_image
+from cxr_notebooks.data.datasets import CXRDataset, read_image, usable_cpus
 
 WORK = Path(__file__).resolve().parent / '_work'
 
@@ -69,11 +70,17 @@ def main() -> None:
     rng = np.random.default_rng(0)
     order = np.concatenate([rng.permutation(a.n) for _ in range(a.epochs)]).tolist()
 
-    shutil.rmtree(WORK / 'cache', ignore_errors=True)
-    t = time.perf_counter()
-    cache = ImageCache.build(paths, a.size, WORK / 'cache', progress=False)
-    build_s = time.perf_counter() - t
-    print(f'cache build (once, all cores): {build_s:.2f} s = {a.n / build_s:.1f} img/s')
+    builds = {}
+    for workers in dict.fromkeys((1, usable_cpus())):   # the build in 1 process, then in one per usable core
+        shutil.rmtree(WORK / 'cache', ignore_errors=True)
+        t = time.perf_counter()
+        cache = ImageCache.build(paths, a.size, WORK / 'cache', num_workers=workers, progress=False, chunk=max(1, a.n // (4 * workers)))
+        builds[workers] = time.perf_counter() - t
+        print(f'cache build, {workers} process(es): {builds[workers]:.2f} s = {a.n / builds[workers]:.1f} img/s')
+    if len(builds) > 1:
+        (one, t1), (many, tn) = builds.items()
+        print(f'build scaling {one} -> {many} processes: {t1 / tn:.2f}x (ideal {many}x on an idle machine)')
+    build_s = builds[1]
 
     decode = rate(lambda i: read_image(paths[i], a.size), order, a.repeats)
     cached = rate(lambda i: cache[i], order, a.repeats)

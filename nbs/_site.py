@@ -3,7 +3,7 @@
 (directives, `show_doc` of every export), with every library notebook EXECUTED as `nbdev_test` runs it (cells
 flagged `slow` and `#| eval: false` skipped) so the pages show their outputs and figures, and each reproduction
 notebook rendered from a run at its smallest setting (`cxr-reproduce run NNN` with the notebook's declared
-`smallest` parameters; the run folders are kept in DIR/../_repro_runs and resumed by the next build), then
+`smallest` parameters; the run folders are kept in DIR/../runs/docs and resumed by the next build), then
 nbconvert HTML with the sidebar of `nbs/sidebar.yml`. nbdev's front matter takes a notebook's whole first
 cell; here it takes only the title and the `>` description, and the rest of that cell (the reproduction
 notebooks' paper, claim, profiles and badge) stays on the page. `pip install quarto-cli` downloads Quarto from
@@ -143,7 +143,7 @@ def build_offline(cfg, nbs: Path, out: Path, execute: list[str] | None = None,
     shutil.rmtree(cache, ignore_errors=True)
     sections = sidebar_sections(nbs)
     pages = [p for _, ps in sections for p in ps]
-    degraded = process(nbs, cache, pages, execute, repro, out.parent / '_repro_runs')
+    degraded = process(nbs, cache, pages, execute, repro, out.parent / 'runs' / 'docs')
     nbs_ = {p: nbformat.read(cache / p, as_version=4) for p in pages}
     titles = {p: front_matter(nb).get('title') or Path(p).stem for p, nb in nbs_.items()}
     exporter = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True)

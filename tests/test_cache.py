@@ -140,3 +140,101 @@ def test_reader_survives_a_rebuild(images, tmp_path):
     old = ImageCache.build(images, 32, d, progress=False)
     ImageCache.build(images[:3], 32, d, progress=False)          # new list: new pixel file, the old one unlinked
     assert not old.data_path.exists() and np.array_equal(old[5], read_image(images[5], 32))
+
+
+# issue 18/21: truncated pixel files, disk space, a full disk, interrupted builds, processes, shared folder --
+def test_truncated_pixel_file_is_named_then_rebuilt(images, tmp_path):
+    c = ImageCache.build(images, 32, tmp_path / 'c', progress=False)
+    with open(c.data_path, 'r+b') as f: f.truncate(c.data_path.stat().st_size // 2)
+    with pytest.raises(CXRDataError, match=rf'{c.data_path.name} has \d+ bytes, not \d+ \(truncated'):
+        ImageCache.open(tmp_path / 'c', 32)
+    again = ImageCache.build(images, 32, tmp_path / 'c', progress=False)
+    assert again.data_path != c.data_path and np.array_equal(again[5], read_image(images[5], 32))
+
+
+def test_free_space_check_names_folder_and_sizes(images, tmp_path, monkeypatch):
+    from cxr_notebooks.data import cache as cache_mod
+    from cxr_notebooks.data.cache import check_free_space
+    with pytest.raises(CXRDataError, match=r'/x/cache: the image cache needs 22.50 GB but the disk has 20.00 GB free'):
+        check_free_space('/x/cache', 112_120 * 448 * 448, free=20 * 10**9)
+    check_free_space('/x/cache', 10**9, free=2 * 10**9)
+    monkeypatch.setattr(cache_mod.shutil, 'disk_usage', lambda p: type('U', (), {'free': 1000})())
+    d = tmp_path / 'c'
+    with pytest.raises(CXRDataError, match=rf'{d}: the image cache needs 0.00 GB but the disk has 0.00 GB free'):
+        ImageCache.build(images, 32, d, progress=False)   # 6 x 32 x 32 + header > 1000 bytes
+    assert [f.name for f in d.iterdir()] == ['images_32px.json.lock']
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(images, tmp_path, monkeypatch):
+    import errno
+    from cxr_notebooks.data import cache as cache_mod
+    def full(*a): raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(cache_mod.os, 'posix_fallocate', full)
+    d = tmp_path / 'c'
+    with pytest.raises(CXRDataError, match=rf'^No space left on device: {d} while writing images_32px\.\w+\.partial\.npy') as e:
+        ImageCache.build(images, 32, d, progress=False)
+    assert '\n' not in str(e.value) and e.value.__cause__ is None and e.value.__suppress_context__
+    assert [f.name for f in d.iterdir()] == ['images_32px.json.lock']
+
+
+def test_build_in_processes_equals_one_process(images, tmp_path):
+    one = ImageCache.build(images, 24, tmp_path / 'one', num_workers=1, progress=False, chunk=2)
+    many = ImageCache.build(images, 24, tmp_path / 'many', num_workers=2, progress=False, chunk=2)
+    assert np.array_equal(one.data, many.data) and one.entries == many.entries
+
+
+def test_dataset_caches_share_a_folder(images, tmp_path):
+    from cxr_notebooks.data.cache import dataset_cache_name
+    from cxr_notebooks.train.stages import image_cache
+    a = pd.DataFrame({'path': [str(p) for p in images[:3]]}); b = pd.DataFrame({'path': [str(p) for p in images[2:]]})
+    ca, cb = image_cache(a, 32, tmp_path, progress=False), image_cache(b, 32, tmp_path, progress=False)
+    assert ca.index_path != cb.index_path and ca.data_path.exists() and cb.data_path.exists()   # both stay
+    assert image_cache(a, 32, tmp_path, progress=False).data_path == ca.data_path                # a second run reuses
+    assert dataset_cache_name(images[:3]) == dataset_cache_name([str(p) for p in images[:3]]) != dataset_cache_name(images[2:])
+
+
+_KILLED_BUILD = """
+import os, signal, sys, cv2
+from cxr_notebooks.data.cache import ImageCache
+
+class Resize:
+    "The area resize; kills this process (SIGKILL: no clean-up at all) at call `stop`."
+    key, size = 'area', 40
+    def __init__(self, stop): self.calls, self.stop = 0, stop
+    def __call__(self, img):
+        self.calls += 1
+        if self.calls == self.stop: os.kill(os.getpid(), signal.SIGKILL)
+        return cv2.resize(img, (40, 40), interpolation=cv2.INTER_AREA)
+
+ImageCache.build(sys.argv[3:], 40, sys.argv[1], num_workers=1, progress=False, preprocess=Resize(int(sys.argv[2])), chunk=4)
+"""
+
+
+@pytest.mark.slow
+def test_killed_build_resumes_to_the_same_bytes(tmp_path):
+    import subprocess, sys
+    from pathlib import Path
+    root = Path(__file__).parents[1]
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(22):
+        p = tmp_path / 'img' / f'{i:03d}.png'; p.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(p), rng.integers(0, 256, (120, 100), dtype=np.uint8)); paths.append(str(p))
+
+    class Resize:
+        key, size = 'area', 40
+        calls = 0
+        def __call__(self, img):
+            Resize.calls += 1
+            return cv2.resize(img, (40, 40), interpolation=cv2.INTER_AREA)
+
+    d = tmp_path / 'c'
+    r = subprocess.run([sys.executable, '-c', _KILLED_BUILD, str(d), '11', *paths], capture_output=True, text=True, timeout=300,
+                       cwd=root, env={**os.environ, 'PYTHONPATH': str(root)})
+    assert r.returncode == -9, r.stderr                       # killed at image 11: chunks 0-3 and 4-7 are done
+    assert len(list(d.glob('*.partial.npy'))) == 1 and not list(d.glob('*px*.json'))
+    resumed = ImageCache.build(paths, 40, d, num_workers=1, progress=False, preprocess=Resize(), chunk=4)
+    assert Resize.calls == 22 - 8                             # the finished chunks were not decoded again
+    whole = ImageCache.build(paths, 40, tmp_path / 'whole', num_workers=1, progress=False, preprocess=Resize(), chunk=4)
+    assert resumed.data_path.read_bytes() == whole.data_path.read_bytes() and resumed.entries == whole.entries
+    assert not list(d.glob('*.partial.*'))

@@ -11,6 +11,7 @@ from cxr_notebooks.models.data_efficient import (REPORT_RARE_LABELS, AdvancedRes
 
 NAMES = ('advanced_resnet50', 'chest_xray_attention_net', 'rare_disease_net')
 REPORT_ADVANCED_RESNET_PARAMETERS = 28_085_194   # seed 004 §4.2.1
+ADVANCED_RESNET_PARAMETERS = 27_563_486          # what models.data_efficient builds: 521,708 (1.9 %) fewer, a stated gap
 
 
 @pytest.mark.parametrize('name', NAMES)
@@ -25,11 +26,12 @@ def test_registered_models_build_predict_and_have_a_cam_layer(name):
 
 
 def test_parameter_counts_printed_next_to_the_report(capsys):
-    "The report gives 28,085,194 for the Advanced ResNet only; ours is printed beside it (same order of magnitude, not equal)."
+    "The report gives 28,085,194 for the Advanced ResNet only; ours is exactly 27,563,486 (1.9 % fewer), printed beside it."
     counts = {n: trainable_parameters(create_model(n, 14)) for n in NAMES}
     for n, c in counts.items():
         print(f"{n}: {c:,d} (report: {REPORT_ADVANCED_RESNET_PARAMETERS:,d})" if n == 'advanced_resnet50' else f"{n}: {c:,d} (report: not given)")
-    assert abs(counts['advanced_resnet50'] - REPORT_ADVANCED_RESNET_PARAMETERS) / REPORT_ADVANCED_RESNET_PARAMETERS < 0.05
+    assert counts['advanced_resnet50'] == ADVANCED_RESNET_PARAMETERS
+    assert round(100 * (REPORT_ADVANCED_RESNET_PARAMETERS - ADVANCED_RESNET_PARAMETERS) / REPORT_ADVANCED_RESNET_PARAMETERS, 1) == 1.9
     assert counts['chest_xray_attention_net'] < counts['rare_disease_net'] < counts['advanced_resnet50']
     assert '28,085,194' in capsys.readouterr().out
     frozen = create_model('chest_xray_attention_net', 14)

@@ -129,3 +129,26 @@ def test_early_lift_table_values_cis_and_missing_classes():
 def test_early_lift_table_checks_shapes():
     with pytest.raises(CXRDataError, match='K = len'): early_lift_table(np.zeros((4, 2)), np.zeros((4, 2)), ['a'])
     with pytest.raises(ValueError, match=r'\(0, 1\]'): early_lift_table(np.eye(4)[:, :2], np.eye(4)[:, :2], ['a', 'b'], fprs=(0,))
+
+
+@pytest.mark.parametrize('groups', [None, 'patients'])
+def test_vectorised_early_lift_equals_the_per_resample_loop(groups):
+    "Issue 21: the table's CIs are the ones `bootstrap_ci` gave with a Python call per resample and metric, on fixed inputs."
+    from cxr_notebooks.metrics.early_lift import _known
+    rng = np.random.default_rng(7); n = 240
+    y = (rng.random((n, 3)) < [0.3, 0.1, 0.2]).astype(float)
+    s = np.round(np.c_[y[:, 0] * 0.6 + rng.random(n), y[:, 1] + rng.random(n), rng.random(n)], 2)   # ties
+    y[:, 1] = 0; y[[5, 100], 1] = 1; y[:9, 2] = np.nan   # class b: two positives, absent from some resamples
+    g = np.arange(n) // 3 if groups else None
+    tab = early_lift_table(y, s, ['a', 'b', 'c'], fprs=(0.05, 0.2), max_fpr=0.15, n_resamples=150, seed=3, groups=g)
+    metrics = {'sens@fpr0.05': lambda a, b: sensitivity_at_fpr(a, b, 0.05), 'sens@fpr0.2': lambda a, b: sensitivity_at_fpr(a, b, 0.2),
+               'spauc@0.15': lambda a, b: standardized_partial_auc(a, b, 0.15)}
+    for label, cols in (('a', [0]), ('b', [1]), ('c', [2]), ('micro', [0, 1, 2])):
+        keep = ~np.isnan(y[:, cols]).all(1)
+        for m, fn in metrics.items():
+            old = bootstrap_ci(y[keep][:, cols], s[keep][:, cols], lambda a, b, fn=fn: _known(fn, a, b), 150, 3,
+                               None if g is None else g[keep])
+            row = tab[(tab.label == label) & (tab.metric == m)].iloc[0]
+            assert np.allclose([row.value, row.low, row.high], list(old[:3]), atol=1e-12, rtol=0), (label, m, row, old)
+            assert row.n_skipped == old.n_skipped, (label, m)
+    assert tab.query("label == 'b'")['n_skipped'].max() > 0   # the case of resamples without positives is exercised

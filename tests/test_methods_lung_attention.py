@@ -355,3 +355,15 @@ def test_train_lung_attention_runs_one_epoch_on_phantoms(tmp_path):
     cams = la.cam_in_prior(res.stage_models[-1], parts['test'], classes, 32, layer='blocks[2]', num_workers=0)
     assert len(cams) == int(parts['test']['Pneumothorax'].sum())
     assert cams[['coverage', 'share', 'mass_in_prior']].apply(lambda c: c.between(0, 1)).all().all()
+
+
+@pytest.mark.slow
+def test_smallest_run_names_protocol_measure_cam_target_and_schedule_in_its_setup(tmp_path):
+    "The notebook's setup line carries the four authors'-or-alternative choices even at their defaults."
+    import json
+    from cxr_notebooks.reproduce.runner import repro_notebooks, run_reproduction
+    run_reproduction('000', tmp_path, repro_notebooks()['000'].smallest, html=False, progress=False)
+    rec = json.loads((tmp_path / 'metrics.json').read_text())
+    for k in ('protocol=authors', 'attention_measure=coverage', 'cam_target=predicted', 'schedule=authors'): assert k in rec['setup']
+    assert rec['data']['protocol'] == 'authors' and rec['data']['shared_patients'] == []
+    assert {'coverage', 'share', 'in_prior'} <= set(rec['results']['attention'][0])

@@ -24,3 +24,26 @@ def test_cam_examples_read_each_image_once_and_scale_its_boxes(monkeypatch):
         truth = boxes[(boxes['image'] == name) & (boxes['label'] == label)][['x_min', 'y_min', 'x_max', 'y_max']].to_numpy(float)
         assert img.shape == cam.shape == (64, 64) and img.dtype == np.uint8
         np.testing.assert_allclose(b, truth * 64 / 256)
+
+
+def test_mean_auc_ci_reuses_auc_table_resamples(monkeypatch):
+    "Issue 21: one bootstrap pass for the per-class and the mean CIs, with the numbers of per_class_auroc_ci / macro_auroc_ci."
+    import pandas as pd
+    import cxr_notebooks.metrics.classification as mc
+    rng = np.random.default_rng(5); n = 300
+    y = (rng.random((n, 3)) < [0.3, 0.1, 0.0]).astype(float); y[:12, 1] = 1   # column c: negatives only
+    pred = pd.DataFrame({'image': [f'i{i}' for i in range(n)], 'patient_id': np.arange(n) // 2,
+                         **{f'y_{l}': y[:, k] for k, l in enumerate('abc')}, **{f'p_{l}': rng.random(n) + 0.5 * y[:, k] for k, l in enumerate('abc')}})
+    tab = ev.auc_table(pred, list('abc'), 150, 4)
+    old = mc.per_class_auroc_ci(y, pred[['p_a', 'p_b', 'p_c']].to_numpy(), list('abc'), 150, 4, pred['patient_id'].to_numpy(), skip_single_class=True)
+    pd.testing.assert_frame_equal(tab, old, check_exact=False, rtol=0, atol=1e-12)
+    calls = []
+    real = ev._bootstrap_counts
+    monkeypatch.setattr(ev, '_bootstrap_counts', lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = ev.mean_auc_ci(pred, list('abc'), 150, 4, per_class=tab)
+    assert not calls   # no second pass
+    ref = mc.macro_auroc_ci(y[:, :2], pred[['p_a', 'p_b']].to_numpy(), 150, 4, pred['patient_id'].to_numpy())
+    assert m['n_classes'] == 2 and np.allclose([m['value'], m['low'], m['high']], list(ref[:3]), atol=1e-12, rtol=0)
+    assert ev.mean_auc_ci(pred, list('abc'), 150, 4) == m and calls   # without the table: drawn once, same numbers
+    both = pd.concat([tab, ev.auc_table(pred, list('abc'), 150, 5)])   # tables with resamples still concatenate
+    assert len(both) == 6

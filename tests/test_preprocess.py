@@ -132,3 +132,10 @@ def test_seed004_augmentation(table):
     torch.manual_seed(0)
     x = ds[0]['image']
     assert x.shape == (3, 64, 64) and x.dtype == torch.float32 and x.min() < 0   # ImageNet-normalised
+
+
+def test_plain_dataset_refuses_a_preprocessed_cache(table, tmp_path):
+    "Issue 18: a dataset without preprocessing must not read CLAHE'd pixels as if they were plain ones."
+    cache = ImageCache.build(table.path.tolist(), 64, tmp_path, progress=False, preprocess=seed004_preprocess(64))
+    with pytest.raises(CXRDataError, match=r"built with preprocess 'clahe.* but this dataset's preprocess is None"):
+        CXRDataset(table, ['Mass'], cache=cache)

@@ -43,7 +43,7 @@ def test_pinned_seed002_numbers(ref):
 
 def test_source_is_carried(ref):
     t = reference_table('002', 'Table 8', ref=ref)
-    assert t.attrs['source'] == 'seed 002 (002_ebbdae81f59a347f.txt), Table 8'
+    assert t.attrs['source'] == 'Nugroho, "An Aggregate Method for Thorax Diseases Classification", Table 8'   # the paper by reference
     s = reference_values('002', 'Table 5', 'focal loss DenseNet-121', split='chexnet_val', ref=ref)
     assert s.attrs['source'].endswith('Table 5, chexnet_val') and s.attrs['seed_file'] == ['002_ebbdae81f59a347f.txt']
     assert s['Hernia'] == 0.8614
@@ -295,3 +295,83 @@ def test_seed000_cells_whose_youden_or_dp_do_not_recompute_are_flagged():
     assert flagged == off and len(off) == 14
     assert ('Table I', 'cross-entropy', 'ottawa', 'VGG16', 'Effusion vs No Finding', 'youden') in off            # 0.410 printed, 0.346 implied
     assert ('Table II', 'cross-entropy', 'nih', 'ResNet50', 'Effusion vs No Finding', 'dp') in off               # 0.789 printed, 0.717 implied
+
+
+# Seed 004 is a report: its numbers stand in prose, in numbered sections, and one table (Sec. 4.3). A number is "in its row"
+# when it stands in its section, after its metric's name in the same sentence, and is said of its class: the class named
+# just before it (or a list of classes ending there; a 'Class (AUROC: v)' parenthesis; 'v for Class'), or, in the
+# Sec. 4.3 table, in its model's row and its metric's column.
+
+SEED004_NAMES = {'common classes': 'common', 'rare classes': 'rare', 'Pleural_Thickening': 'Pleural Thickening'}
+SEED004_METRIC = {'auroc': r'AUROC|AUC', 'f1': r'F1', 'precision': r'precision', 'recall': r'recall', 'percent': '%', 'images': 'images',
+                  'parameters': 'parameters', 'auroc_epoch1': 'AUROC', 'auroc_epoch2': 'AUROC', 'pos_weight': 'weight',
+                  'pos_weight_low': 'weight', 'pos_weight_high': 'weight'}
+
+
+def _seed004_sections() -> dict[str, str]:
+    "'4.2.1' -> its text (the body's heading, not the table of contents')."
+    text = (SEEDS / '004_63ef8d8233eceb4f.txt').read_text()
+    heads = [(m.start(), m.group(1)) for m in re.finditer(r'^(\d\.\d(?:\.\d)?)\.? [A-Z]', text, re.M)]
+    return {n: text[a:(heads[k + 1][0] if k + 1 < len(heads) else len(text))] for k, (a, n) in enumerate(heads)}
+
+
+def _said_of(s: str, h: int, n: int, label: str, labels: set[str]) -> bool:
+    "Is the number at s[h:h+n] said of `label`?"
+    named = lambda t: [(m.start(), m.end(), l) for l in labels for m in re.finditer(rf'\b{re.escape(l)}\b', t, re.I)]
+    before, after = s[max(s.rfind('\n', 0, h), s.rfind('. ', 0, h)) + 1:h], s[h + n:h + n + 25]
+    if before.rfind('(') > before.rfind(')'):           # 'Label (AUROC: 0.4990)': the label just before the parenthesis
+        lead = re.sub(r'[*\s]+$', '', before[:before.rfind('(')])
+        at_end = [l for _, e, l in named(lead) if e == len(lead)]
+        if at_end: return at_end[0].lower() == label.lower()
+    if follows := named(re.split(r'[),;]', after)[0]): return label.lower() in {l.lower() for *_, l in follows}   # '0.0688 for Consolidation'
+    flat = re.sub(r'\([^()]*\)', '', before)            # parenthesised asides name no row
+    found = sorted(named(flat))
+    if not found: return False
+    row, k = {found[-1][2].lower()}, len(found) - 1     # the last class named before the number, and a list it ends
+    while k > 0 and not re.search(r'(?<![A-Za-z\d])\d', flat[found[k - 1][1]:found[k][0]]): k -= 1; row.add(found[k][2].lower())
+    return label.lower() in row
+
+
+def seed004_misplaced(ref: pd.DataFrame) -> list[tuple]:
+    "The rows of `ref` (seed004_report.csv) whose non-zero value does not stand in its row of the report."
+    from cxr_notebooks.data.labels import NIH_LABELS
+    sections = _seed004_sections()
+    labels = {SEED004_NAMES.get(l, l) for l in [*NIH_LABELS, *ref['label']]} - {'All', 'Average', 'Pleural_Thickening'}
+    bad = []
+    for r in ref[ref['value'] != 0].itertuples():
+        s = sections[r.table.replace('Sec. ', '')]
+        forms = dict.fromkeys(f for f in (f'{r.value:.4f}', f'{r.value:,.0f}', f'{r.value:.1f}', f'{r.value:.2f}', f'{r.value:g}')
+                              if float(f.replace(',', '')) == r.value)   # as printed: no rounding of the stored number
+        ok = False
+        for h, n in [(m.start(), len(f)) for f in forms for m in re.finditer(r'(?<![\d.,])' + re.escape(f) + r'(?!\d)', s)]:
+            if r.setting == 'comparative summary':     # the Sec. 4.3 table: row = model, column = metric
+                cells = [c.strip() for c in s[s.rfind('\n', 0, h) + 1:s.find('\n', h)].split('\t')]
+                ok |= cells[0] == r.label and cells[1 + ['auroc', 'f1', 'precision', 'recall'].index(r.metric)] == f'{r.value:.4f}'
+                continue
+            sentence = s[max(s.rfind('\n', 0, h), s.rfind('. ', 0, h)) + 1:h + n + 30]
+            ok |= (re.search(SEED004_METRIC[r.metric], sentence, re.I) is not None
+                   and (r.label in ('All', 'Average') or _said_of(s, h, n, SEED004_NAMES.get(r.label, r.label), labels)))
+        if not ok: bad.append((r.table, r.setting, r.model, r.label, r.metric, r.value))
+    return bad
+
+
+@needs_seeds
+def test_every_seed004_value_stands_in_its_row_of_the_report():
+    "Tightened from 'the number appears somewhere in the report': in its section, after its metric, said of its class or model."
+    ref = pd.read_csv(embedded_data_dir() / 'reference' / 'seed004_report.csv')
+    assert len(ref) > 100 and set(ref.seed_file) == {'004_63ef8d8233eceb4f.txt'}
+    assert seed004_misplaced(ref) == []
+
+
+@needs_seeds
+def test_a_seed004_value_moved_to_another_class_or_section_fails():
+    ref = pd.read_csv(embedded_data_dir() / 'reference' / 'seed004_report.csv')
+    sel = lambda lab, sec='Sec. 4.2.1', m='auroc': ref.index[(ref.table == sec) & (ref.label == lab) & (ref.metric == m)][0]
+    moved = ref.copy()
+    a, b = sel('Atelectasis'), sel('Consolidation')                          # 0.4990 and 0.5200 trade classes
+    moved.loc[[a, b], 'value'] = moved.loc[[b, a], 'value'].to_numpy()
+    c, d = sel('Edema', 'Sec. 4.2.4'), sel('Hernia', 'Sec. 4.2.4')          # 0.5839 and 0.5606, in one list of the ensemble's AUCs
+    moved.loc[[c, d], 'value'] = moved.loc[[d, c], 'value'].to_numpy()
+    e = sel('advanced_resnet', 'Sec. 4.3', 'f1'); moved.loc[e, 'metric'] = 'precision'   # another column of the Sec. 4.3 table
+    f = sel('Hernia', 'Sec. 4.2.3'); moved.loc[f, 'table'] = 'Sec. 4.2.1'    # the rare model's Hernia AUROC filed under 4.2.1
+    assert len(seed004_misplaced(moved)) == 6

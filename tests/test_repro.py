@@ -11,6 +11,9 @@ from conftest import notebook_output_problems
 
 NOTEBOOKS = repro_notebooks()
 SMALLEST = NOTEBOOKS['002'].smallest
+#: warnings a notebook's smallest setting gives on purpose (regex): seed 004's 160 images leave classes without a
+#: validation positive, where a Youden or F1 threshold is undefined and the fixed 0.5 is used instead
+DOCUMENTED_WARNINGS = {'004': r"UserWarning: column\(s\) \[[\d, ]+\] have one class in y_true: '(youden|f1)' is undefined there, using fixed=0.5"}
 
 
 @pytest.fixture(scope='module')
@@ -32,7 +35,7 @@ def test_every_notebook_runs_at_its_smallest_setting(smallest_run, seed):
     "Each notebook in nbs/repro/ runs end to end at its declared smallest setting, shows no traceback, error or warning, and writes a schema-valid metrics.json."
     out = smallest_run(seed)
     assert (out / NOTEBOOKS[seed].path.name).with_suffix('.html').is_file()
-    assert notebook_output_problems(out / NOTEBOOKS[seed].path.name) == []
+    assert notebook_output_problems(out / NOTEBOOKS[seed].path.name, allow=DOCUMENTED_WARNINGS.get(seed)) == []
     rec = json.loads((out / 'metrics.json').read_text())
     check_record(rec, str(out / 'metrics.json'))
     assert rec['profile'] == NOTEBOOKS[seed].smallest['profile'] and rec['paper']['seed'] == seed
@@ -52,6 +55,8 @@ def test_baseline_smoke_run_is_the_demo_configuration(smallest_run):
     assert executed.count('AUROC, paper vs reproduced.') == 1   # the caption once (it was printed above its own table too)
     assert set(rec['data']['split_sizes']) == {'train', 'val', 'test'} and sum(rec['data']['split_sizes'].values()) == 160
     assert len(rec['results']['history']['epoch']) == 1
+    import torch   # the epoch the training curve marks is the checkpoint kept
+    assert rec['results']['history']['best_epoch'][-1] == torch.load(out / 'ours' / 'stage1' / 'best.pt', weights_only=True)['epoch']
     h = rec['headline']
     assert h['metric'] == 'mean_auc' and h['low'] <= h['value'] <= h['high']
     for f in ('roc_curves.png', 'training_curves.png', 'data_summary.csv', 'ours/stage1/last.pt', 'run_config.json'):
@@ -72,7 +77,8 @@ def test_offline_pretrained_run_says_it_trained_from_scratch(tmp_path, monkeypat
     assert rec['config']['pretrained'] is False and rec['weights']['models'] == [
         {'backbone': 'mobilenetv2_100', 'source': None, 'sha256': None, 'asked': True}]
     warned = notebook_output_problems(tmp_path / 'run' / '002_aggregate_method.ipynb')   # the loud warning, naming real parameters
-    assert warned and all('PretrainedWeightsWarning' in w for w in warned) and '-p pretrained false' in warned[0], warned
+    assert warned and all('PretrainedWeightsWarning' in w for w in warned), warned
+    assert '(`-p pretrained false`)' in (tmp_path / 'run' / '002_aggregate_method.ipynb').read_text()
     assert notebook_output_problems(tmp_path / 'run' / '002_aggregate_method.ipynb', allow='PretrainedWeightsWarning') == []
 
 
@@ -82,11 +88,11 @@ def test_rerun_with_other_parameters_stops_and_names_them(smallest_run, tmp_path
     import shutil
     tmp_path = shutil.copytree(smallest_run('002'), tmp_path / 'run')
     before = (tmp_path / 'ours' / 'stage1' / 'last.pt').stat().st_mtime_ns
-    with pytest.raises(ReproductionFailed) as e:
+    from cxr_notebooks.reproduce.kit import RunConfigMismatch
+    with pytest.raises(RunConfigMismatch) as e:   # refused before a kernel starts
         run_reproduction('002', tmp_path, {**SMALLEST, 'max_images': 120, 'lr': 0.5}, html=False, progress=False)
-    assert e.value.ename == 'RunConfigMismatch'
-    assert "lr: None there, 0.5 now" in e.value.evalue or "lr: 0.001 there, 0.5 now" in e.value.evalue
-    assert 'max_images: 160 there, 120 now' in e.value.evalue and 'another output folder' in e.value.evalue
+    assert "lr: None there, 0.5 now" in str(e.value) or "lr: 0.001 there, 0.5 now" in str(e.value)
+    assert 'max_images: 160 there, 120 now' in str(e.value) and 'another output folder' in str(e.value)
     assert (tmp_path / 'ours' / 'stage1' / 'last.pt').stat().st_mtime_ns == before   # nothing overwritten
     rec = json.loads((tmp_path / 'metrics.json').read_text())
     assert sum(rec['data']['split_sizes'].values()) == 160

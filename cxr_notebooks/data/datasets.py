@@ -22,8 +22,8 @@ from .nih import nih_sample_table, read_nih_boxes
 
 # %% auto #0
 __all__ = ['read_image', 'affine_params', 'affine_matrix', 'AffineAugment', 'DeviceNormalize', 'finish_batch', 'CXRDataset',
-           'default_transforms', 'collate_cxr', 'usable_cpus', 'EpochSampler', 'SeededSamples', 'make_dataloader',
-           'sample_dataset']
+           'default_transforms', 'collate_cxr', 'usable_cpus', 'EpochSampler', 'SeededSamples', 'CXRDataLoader',
+           'make_dataloader', 'sample_dataset']
 
 # %% ../../nbs/data/16_datasets.ipynb #ba246b18
 def _decode(path: str | os.PathLike) -> np.ndarray:
@@ -58,9 +58,14 @@ def read_image(path: str | os.PathLike, size: int | None = None, preprocess: Cal
     "A uint8 HxW grayscale image from a PNG/JPEG, area-resized to `size` x `size` if given (or passed through `preprocess`, e.g. `data.preprocess`)."
     return _preprocessed(_decode(path), size, preprocess, path)
 
-# %% ../../nbs/data/16_datasets.ipynb #5560b3ec
-def affine_params(height: int, width: int, crop_scale: tuple[float, float] = (0.8, 1.0), ratio: tuple[float, float] = (0.9, 1.1),
-                  rotation: float = 15.0, flip_p: float = 0.5) -> dict:
+# %% ../../nbs/data/16_datasets.ipynb #411771d2
+def affine_params(height: int, # image height, px
+                  width: int, # image width, px
+                  crop_scale: tuple[float, float] = (0.8, 1.0), # crop area as a fraction of the image
+                  ratio: tuple[float, float] = (0.9, 1.1), # crop aspect range
+                  rotation: float = 15.0, # max angle, degrees
+                  flip_p: float = 0.5, # probability of a horizontal flip
+                 ) -> dict:
     "One draw of v2's RandomResizedCrop + RandomHorizontalFlip + RandomRotation: crop `top, left, height, width`, `flip`, `angle`."
     area, log_ratio = height * width, (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):   # v2's draws from torch's RNG, in v2's order
@@ -175,9 +180,10 @@ class CXRDataset(Dataset):
             image_size = preprocess.size
         self.image_size, self.preprocess = image_size, preprocess
         if cache is not None:
-            if preprocess is not None and (key is None or getattr(cache, 'preprocess_key', None) != key):
-                raise CXRDataError(f"the cache {getattr(cache, 'index_path', '')} was built with preprocess "
-                                   f"{getattr(cache, 'preprocess_key', None)!r}, not {key!r}; build it with this preprocess")
+            built = getattr(cache, 'preprocess_key', None)
+            if (preprocess is not None and key is None) or built != key:   # a plain dataset refuses preprocessed pixels too
+                raise CXRDataError(f"the cache {getattr(cache, 'index_path', '')} was built with preprocess {built!r} but this "
+                                   f"dataset's preprocess is {key!r}; build the cache with the dataset's preprocess (or none)")
             if image_size is not None and image_size != cache.size:
                 raise CXRDataError(f"image_size={image_size} but the cache holds {cache.size}x{cache.size} images; build one at {image_size}")
             self.image_size = cache.size
@@ -275,11 +281,27 @@ class SeededSamples(Dataset):
         if not isinstance(item, tuple): return self.ds[item]
         i, key = item
         seed = int(np.random.SeedSequence([key, i]).generate_state(1, np.uint64)[0])
-        np_state, py_state = np.random.get_state(), random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed); np.random.seed(seed % 2**32); random.seed(seed)
-            try: return self.ds[i]
-            finally: np.random.set_state(np_state); random.setstate(py_state)
+        if torch.utils.data.get_worker_info() is not None:   # a worker's RNGs are its own: no need to put them back
+            _seed_rngs(seed); return self.ds[i]
+        states = torch.default_generator.get_state(), np.random.get_state(), random.getstate()
+        try: _seed_rngs(seed); return self.ds[i]
+        finally: torch.default_generator.set_state(states[0]); np.random.set_state(states[1]); random.setstate(states[2])
+
+def _seed_rngs(seed: int) -> None:
+    "Seed torch's CPU generator, NumPy's and Python's global RNGs from one 64-bit `seed`."
+    torch.default_generator.manual_seed(seed); np.random.seed(seed % 2**32); random.seed(seed)
+
+class _Deferred:
+    "The loader iterator `start()` makes, made at the first `next`: one that is made and dropped costs nothing."
+    def __init__(self, start: Callable[[], Iterator]): self._start, self._it = start, None
+    def __iter__(self) -> _Deferred: return self
+    def __next__(self):
+        if self._it is None: self._it = self._start()
+        return next(self._it)
+
+class CXRDataLoader(DataLoader):
+    "A `DataLoader` whose iterator starts (workers, prefetching, the epoch's sampler draws) at its first batch, not when made."
+    def __iter__(self) -> _Deferred: return _Deferred(super().__iter__)
 
 def _worker_init(worker_id: int) -> None:
     "In a fresh loader worker: leave every object inherited from the parent to the parent's garbage collector."
@@ -287,12 +309,12 @@ def _worker_init(worker_id: int) -> None:
 
 def make_dataloader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int | str = 'auto',
                     pin_memory: bool | str = 'auto', drop_last: bool = False) -> DataLoader:
-    "A `DataLoader` with `collate_cxr`, per-sample seeds (results independent of `num_workers`) and workers/pinning sized for this machine."
+    "A `CXRDataLoader` with `collate_cxr`, per-sample seeds (results independent of `num_workers`) and workers/pinning sized for this machine."
     if num_workers == 'auto':
-        num_workers = 0 if len(ds) <= 4 * batch_size else min(8, max(1, usable_cpus() - 1))
+        num_workers = 0 if len(ds) <= 4 * batch_size else min(8, max(1, usable_cpus() - (not torch.cuda.is_available())))
     if pin_memory == 'auto': pin_memory = torch.cuda.is_available()
     dt = getattr(ds, 'device_transform', None)
-    return DataLoader(SeededSamples(ds), batch_size=batch_size, sampler=EpochSampler(len(ds), shuffle, torch.Generator().manual_seed(seed)),
+    return CXRDataLoader(SeededSamples(ds), batch_size=batch_size, sampler=EpochSampler(len(ds), shuffle, torch.Generator().manual_seed(seed)),
                       num_workers=num_workers, collate_fn=collate_cxr if dt is None else functools.partial(collate_cxr, device_transform=dt),
                       pin_memory=bool(pin_memory), drop_last=drop_last, worker_init_fn=_worker_init,
                       generator=torch.Generator().manual_seed(seed),  # draws only the workers' unused base seed

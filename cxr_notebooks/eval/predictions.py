@@ -16,7 +16,8 @@ from ..data.cache import ImageCache
 from ..data.contract import BOX_COLUMNS
 from ..data.datasets import default_transforms, make_dataloader, read_image
 from ..data.preprocess import Resize
-from ..metrics.classification import delong_test, macro_auroc_ci, per_class_auroc_ci
+from ..metrics.classification import (CI, _bootstrap_counts, _check_bootstrap_args, _check_scores, _percentile_ci,
+                                                _weighted_auroc, delong_test, macro_auroc, per_class_auroc)
 from ..train.learner import predict
 from ..train.stages import stage_dataset
 
@@ -55,21 +56,56 @@ def prediction_arrays(pred: pd.DataFrame, labels: Sequence[str]) -> tuple[np.nda
     return pred[[f'y_{l}' for l in labels]].to_numpy(float), pred[[f'p_{l}' for l in labels]].to_numpy(float)
 
 # %% ../../nbs/eval/60_predictions.ipynb #89739ddc
+def _two_valued(y: np.ndarray) -> list[int]:
+    "The columns of `y` with both a positive and a negative among their known (not NaN) labels."
+    return [k for k in range(y.shape[1]) if len(np.unique(y[~np.isnan(y[:, k]), k])) == 2]
+
+def _resampled_aucs(y: np.ndarray, p: np.ndarray, cols: Sequence[int], n_bootstrap: int, seed: int, groups: np.ndarray) -> np.ndarray:
+    "(n_bootstrap, K) AUROC of columns `cols` (NaN elsewhere) in each patient-level resample `metrics.classification` draws."
+    out = []
+    for counts in _bootstrap_counts(len(y), n_bootstrap, seed, groups):
+        a = np.full((len(counts), y.shape[1]), np.nan)
+        for k in cols: a[:, k] = _weighted_auroc(y[:, k] == 1, p[:, k], counts)
+        out.append(a)
+    return np.concatenate(out)
+
+class _AUCResamples:
+    "The bootstrap per-class AUROCs behind an `auc_table` (in its `attrs`; compared by identity, so pandas can carry it)."
+    def __init__(self, n_bootstrap: int, seed: int, images: int, stats: np.ndarray):
+        self.key, self.stats = (n_bootstrap, seed, images), stats
+
 def auc_table(pred: pd.DataFrame, labels: Sequence[str], n_bootstrap: int = 1000, seed: int = 0,
               confidence: float = 0.95) -> pd.DataFrame:
-    "Per-class AUROC of a prediction table with a patient-clustered bootstrap CI: label, auc, low, high."
-    y, p = prediction_arrays(pred, labels)
-    return per_class_auroc_ci(y, p, labels, n_resamples=n_bootstrap, seed=seed, confidence=confidence,
-                              groups=pred['patient_id'].to_numpy(), skip_single_class=True)
+    "Per-class AUROC of a prediction table with a patient-clustered bootstrap CI: label, auc, low, high (resamples kept for `mean_auc_ci`)."
+    _check_bootstrap_args(n_bootstrap, confidence)
+    y, p = _check_scores(*prediction_arrays(pred, labels))
+    auc = per_class_auroc(y, p, labels, skip_single_class=True)
+    stats = _resampled_aucs(y, p, _two_valued(y), n_bootstrap, seed, pred['patient_id'].to_numpy())
+    rows = [(name, *(_percentile_ci(a, stats[:, k], confidence) if np.isfinite(a) else CI(np.nan, np.nan, np.nan, n_bootstrap)))
+            for k, (name, a) in enumerate(auc.items())]
+    out = pd.DataFrame(rows, columns=['label', 'auc', 'low', 'high', 'n_skipped'])
+    out.attrs['auc_resamples'] = _AUCResamples(n_bootstrap, seed, len(pred), stats)
+    return out
 
 # %% ../../nbs/eval/60_predictions.ipynb #71f972f9
-def mean_auc_ci(pred: pd.DataFrame, labels: Sequence[str], n_bootstrap: int = 1000, seed: int = 0,
-                confidence: float = 0.95) -> dict:
-    "`{'metric': 'mean_auc', 'value', 'low', 'high', 'n_classes'}` of a prediction table, patient-clustered bootstrap."
+def mean_auc_ci(pred: pd.DataFrame, # prediction table: image, patient_id, y_<label>, p_<label>
+                labels: Sequence[str], # the classes
+                n_bootstrap: int = 1000, # patient-level bootstrap resamples
+                seed: int = 0, # bootstrap seed
+                confidence: float = 0.95, # CI level
+                per_class: pd.DataFrame | None = None, # this table's `auc_table` (same n_bootstrap and seed): its resamples are reused
+               ) -> dict:
+    "`{'metric': 'mean_auc', 'value', 'low', 'high', 'n_classes'}`, patient-clustered bootstrap (reusing `per_class`'s resamples: `auc_table`)."
     y, p = prediction_arrays(pred, labels)
-    both = [k for k in range(y.shape[1]) if len(np.unique(y[~np.isnan(y[:, k]), k])) == 2]
+    both = _two_valued(y)
     if not both: raise CXRDataError(f"no label has both positive and negative test images among {len(pred)}; no AUROC to report")
-    ci = macro_auroc_ci(y[:, both], p[:, both], n_bootstrap, seed, pred['patient_id'].to_numpy(), confidence)
+    r = None if per_class is None else per_class.attrs.get('auc_resamples')
+    if r is None or r.key != (n_bootstrap, seed, len(pred)):
+        r = auc_table(pred, labels, n_bootstrap, seed, confidence).attrs['auc_resamples']
+    a = r.stats[:, both]
+    n = np.isfinite(a).sum(1)   # per resample: the mean over the classes with both values in it
+    ci = _percentile_ci(macro_auroc(y[:, both], p[:, both], skip_single_class=True),
+                        np.where(n > 0, np.nansum(a, 1) / np.maximum(n, 1), np.nan), confidence)
     return {'metric': 'mean_auc', 'value': float(ci.value), 'low': float(ci.low), 'high': float(ci.high), 'n_classes': len(both)}
 
 # %% ../../nbs/eval/60_predictions.ipynb #78d10183

@@ -91,6 +91,44 @@ def standardized_partial_auc(y_true: np.ndarray, y_score: np.ndarray, max_fpr: f
     area = np.trapezoid(t_cut, f_cut)
     return float(0.5 * (1 + (area - m * m / 2) / (m - m * m / 2)))
 
+# %% ../../nbs/metrics/22_early_lift.ipynb #0428630f
+def _weighted_roc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "FPR and TPR (b, thresholds + 1) of every threshold, highest first after (0, 0), under each row of sample `weights` (b, n)."
+    order = np.argsort(score, kind='stable')[::-1]
+    score, positive, weights = score[order], positive[order].astype(bool), weights[:, order]
+    ends = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]   # last index of each run of tied scores
+    tp = np.c_[np.zeros(len(weights)), np.cumsum(weights * positive, axis=1)[:, ends]]
+    fp = np.c_[np.zeros(len(weights)), np.cumsum(weights * ~positive, axis=1)[:, ends]]
+    with np.errstate(divide='ignore', invalid='ignore'):   # a resample without positives or negatives: NaN
+        return fp / fp[:, -1:], tp / tp[:, -1:]
+
+def _sensitivity_rows(fpr: np.ndarray, tpr: np.ndarray, f: float) -> np.ndarray:
+    "`sensitivity_at_fpr` of each row's ROC points (NaN rows stay NaN)."
+    last = np.maximum((fpr <= f + 1e-12).sum(1) - 1, 0)
+    return np.where(np.isnan(fpr[:, -1]), np.nan, tpr[np.arange(len(tpr)), last])
+
+def _spauc_rows(fpr: np.ndarray, tpr: np.ndarray, m: float) -> np.ndarray:
+    "`standardized_partial_auc` of each row's ROC points: whole trapezoids up to FPR `m`, the last one cut at `m`."
+    rows, stop = np.arange(len(fpr)), (fpr <= m).sum(1)
+    inside = np.arange(1, fpr.shape[1])[None] < stop[:, None]
+    area = np.where(inside, np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]) / 2, 0).sum(1)
+    j, nxt = stop - 1, np.minimum(stop, fpr.shape[1] - 1)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        t_m = np.where(stop < fpr.shape[1], (tpr[rows, nxt] - tpr[rows, j]) / (fpr[rows, nxt] - fpr[rows, j]) * (m - fpr[rows, j]) + tpr[rows, j], tpr[rows, j])
+    area = area + (m - fpr[rows, j]) * (t_m + tpr[rows, j]) / 2
+    return np.where(np.isnan(fpr[:, -1]), np.nan, 0.5 * (1 + (area - m * m / 2) / (m - m * m / 2)))
+
+def _early_lift_stats(y: np.ndarray, s: np.ndarray, fprs: Sequence[float], max_fpr: float, n_resamples: int, seed: int,
+                      groups: Sequence | None) -> np.ndarray:
+    "(n_resamples, len(fprs) + 1) bootstrap values of sensitivity at each FPR and the spAUC of the known pairs of (N, c) `y`, `s`."
+    known = ~np.isnan(y)
+    rows, pos, score = np.nonzero(known)[0], y[known] == 1, s[known]
+    out = []
+    for counts in _bootstrap_counts(len(y), n_resamples, seed, groups):   # the resamples `bootstrap_ci` draws
+        fpr, tpr = _weighted_roc(pos, score, counts[:, rows])
+        out.append(np.stack([_sensitivity_rows(fpr, tpr, f) for f in fprs] + [_spauc_rows(fpr, tpr, max_fpr)], axis=1))
+    return np.concatenate(out)
+
 # %% ../../nbs/metrics/22_early_lift.ipynb #fde781ea
 def _known(metric, y_true: np.ndarray, y_score: np.ndarray) -> float:
     "`metric` on the pairs whose label is known (not NaN), pooled over all columns."
@@ -99,8 +137,8 @@ def _known(metric, y_true: np.ndarray, y_score: np.ndarray) -> float:
     return metric(yt[keep], ys[keep])
 
 def _early_lift_metrics(fprs: Sequence[float], max_fpr: float) -> dict:
-    "Metric name -> metric(y_true, y_score) for the early-lift table."
-    out = {f'sens@fpr{f:g}': (lambda yt, ys, f=f: sensitivity_at_fpr(yt, ys, f)) for f in map(_check_fpr, fprs)}
+    "Metric name -> metric(y_true, y_score) for the early-lift table, in the order of `_early_lift_stats`' columns."
+    out = {f'sens@fpr{f:g}': (lambda yt, ys, f=f: sensitivity_at_fpr(yt, ys, f)) for f in fprs}
     out[f'spauc@{max_fpr:g}'] = lambda yt, ys: standardized_partial_auc(yt, ys, max_fpr)
     return out
 
@@ -119,6 +157,8 @@ def early_lift_table(y_true: np.ndarray, # (N, K) 0/1 labels (NaN: unknown, left
     yt, ys = np.asarray(y_true, dtype=float), np.asarray(y_score, dtype=float)
     if yt.ndim != 2 or yt.shape != ys.shape or yt.shape[1] != len(labels):
         raise CXRDataError(f"y_true {yt.shape} and y_score {ys.shape} for {len(labels)} labels; expected equal (N, K) shapes, K = len(labels)")
+    _check_bootstrap_args(n_resamples, confidence)
+    fprs, max_fpr = [_check_fpr(f) for f in fprs], _check_fpr(max_fpr, 'max_fpr')
     metrics, rows = _early_lift_metrics(fprs, max_fpr), []
     columns = [(l, [k]) for k, l in enumerate(labels)] + ([('micro', list(range(len(labels))))] if micro else [])
     for name, cols in columns:
@@ -127,9 +167,10 @@ def early_lift_table(y_true: np.ndarray, # (N, K) 0/1 labels (NaN: unknown, left
         known = y[~np.isnan(y)]
         both = len(np.unique(known)) == 2
         g = None if groups is None else np.asarray(groups)[keep]
-        for mname, fn in ({**metrics, 'auc': None} if name == 'micro' else metrics).items():
+        stats = _early_lift_stats(y[keep], s[keep], fprs, max_fpr, n_resamples, seed, g) if both else None
+        for k, (mname, fn) in enumerate(({**metrics, 'auc': None} if name == 'micro' else metrics).items()):
             if not both: rows.append((name, mname, np.nan, np.nan, np.nan, n_resamples)); continue
             ci = (micro_auroc_ci(y[keep], s[keep], n_resamples, seed, g, confidence) if fn is None else
-                  bootstrap_ci(y[keep], s[keep], (lambda a, b, fn=fn: _known(fn, a, b)), n_resamples, seed, g, confidence))
+                  _percentile_ci(_known(fn, y[keep], s[keep]), stats[:, k], confidence))
             rows.append((name, mname, ci.value, ci.low, ci.high, ci.n_skipped))
     return pd.DataFrame(rows, columns=['label', 'metric', 'value', 'low', 'high', 'n_skipped'])

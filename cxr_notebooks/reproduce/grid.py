@@ -250,11 +250,12 @@ def run_grid(spec: str | Path | Mapping | GridSpec, # a YAML/JSON spec file, its
     tasks = [{'notebook': str(nb.path), 'out_dir': str(out_dir / r.name), 'parameters': r.parameters, 'html': spec.html,
               'cwd': str(spec.folder or Path.cwd())} for r in todo]
     results = (enumerate(map(_execute, tasks)) if workers == 1 else _ray_results(tasks, spec.resources, workers, address)) if tasks else ()
-    for i, outcome in results:
-        r = todo[i]; r.status, r.seconds, r.error = outcome['status'], outcome['seconds'], outcome['error']
-        _write_status(out_dir, spec, nb.path, runs)
-        bar.update(1); bar.set_postfix(failed=sum(x.status == 'failed' for x in runs))
-    bar.close()
+    try:
+        for i, outcome in results:
+            r = todo[i]; r.status, r.seconds, r.error = outcome['status'], outcome['seconds'], outcome['error']
+            _write_status(out_dir, spec, nb.path, runs)
+            bar.update(1); bar.set_postfix(failed=sum(x.status == 'failed' for x in runs))
+    finally: bar.close()   # Ctrl-C included: the bar's line ends before anything else is said
     res = GridResult(out_dir, runs)
     print(f"{res!r}" + ''.join(f"\n  failed {r.name}: {r.error}" for r in res.failed))
     return res

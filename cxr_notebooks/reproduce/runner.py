@@ -173,8 +173,9 @@ def _headless():
         if old is None: os.environ.pop(HEADLESS_ENV, None)
         else: os.environ[HEADLESS_ENV] = old
 
-#: The lines of a notebook's output that the runner shows while it runs: one per epoch (`epoch 3/8 ...`, `stage 2 epoch 1 ...`).
-PROGRESS_LINE = re.compile(r'^\W*(?:stage\s*\d+\W*)?epoch\b', re.IGNORECASE)
+#: The lines of a notebook's output that the runner shows while it runs: one per epoch, `[what] epoch k/n ...`
+#: (the `Learner`'s `ours/stage1 epoch 3/8: train_loss 0.41, val_auroc 0.61 (best 2), 12.3 s`).
+PROGRESS_LINE = re.compile(r'^(?:\S*/\S*\s+)?epoch\s+\d+/\d+\b')   # an optional model/stage path, then `epoch k/n`
 
 class _ProgressLines:
     "A file-like sink for the kernel's stdout (papermill's `stdout_file`) that passes on only its per-epoch lines."
@@ -188,15 +189,14 @@ class _ProgressLines:
     def flush(self) -> None: self.stream.flush()
 
 def _finished(notebook: Path) -> bool:
-    "Whether `notebook` is an executed notebook whose every code cell ran and none raised (papermill's metadata)."
-    try: d = json.loads(Path(notebook).read_text(encoding='utf-8'))
-    except (OSError, ValueError): return False
-    code = [c for c in d.get('cells', []) if c.get('cell_type') == 'code']
-    return 'papermill' in d.get('metadata', {}) and not d['metadata']['papermill'].get('exception') and all(c.get('execution_count') for c in code)
+    "Whether `notebook` holds a finished run: executed by papermill without an exception (interrupted attempts never get its name)."
+    try: meta = json.loads(Path(notebook).read_text(encoding='utf-8'))['metadata']
+    except (OSError, ValueError, KeyError): return False
+    return 'papermill' in meta and not meta['papermill'].get('exception')
 
-def _keep_attempt(attempt: Path, out_nb: Path, html: bool) -> Path:
-    "Move a failed attempt's notebook to `out_nb`, or beside it as `<name>.failed.ipynb` when `out_nb` holds a finished run; its HTML too."
-    target = out_nb.with_name(f'{out_nb.stem}.failed.ipynb') if _finished(out_nb) else out_nb
+def _keep_attempt(attempt: Path, out_nb: Path, html: bool, raised: bool) -> Path:
+    "Move a failed attempt's notebook to `out_nb` when it `raised` and `out_nb` holds no finished run, else beside it as `<name>.failed.ipynb`; its HTML too."
+    target = out_nb if raised and not _finished(out_nb) else out_nb.with_name(f'{out_nb.stem}.failed.ipynb')
     if attempt.exists():
         os.replace(attempt, target)
         if html: export_html(target)
@@ -235,7 +235,7 @@ def run_reproduction(name: str | Path, # seed number ('002') or notebook path
     try: import papermill as pm
     except ImportError as e:
         raise ImportError("running reproduction notebooks needs papermill: pip install 'cxr_notebooks[dev]'") from e
-    from .kit import check_resume   # the run folder's stored configuration (kit needs torch: imported when a run starts)
+    from cxr_notebooks.reproduce.kit import check_resume   # the run folder's stored configuration (kit needs torch: imported when a run starts)
     nb, cwd = reproduction_notebook(name), Path(cwd or os.getcwd())
     out_dir = cwd / Path(out_dir)
     params = check_parameters(nb, {k: v for k, v in (parameters or {}).items() if k != 'out_dir'}, cwd)
@@ -249,13 +249,12 @@ def run_reproduction(name: str | Path, # seed number ('002') or notebook path
         with _headless():
             pm.execute_notebook(str(nb.path), str(attempt), parameters=params, cwd=str(nb.path.parent), progress_bar=False,
                                 kernel_name='python3', stdout_file=_ProgressLines(sys.stdout) if progress else None,
-                                extra_arguments=['--IPKernelApp.log_level=ERROR'])   # not the kernel's own warnings about its sockets
+                                extra_arguments=['--IPKernelApp.log_level=CRITICAL'])   # the kernel's own log (sockets, shutdown) is not the run's
     except pm.PapermillExecutionError as e:
-        kept = _keep_attempt(attempt, out_nb, html)
-        if e.ename == 'KeyboardInterrupt': raise KeyboardInterrupt from None
-        raise ReproductionFailed(e.ename, e.evalue, kept) from None
-    except BaseException:   # interrupted, or papermill itself failed: the attempt never replaces a finished run
-        _keep_attempt(attempt, out_nb, html); raise
+        if e.ename == 'KeyboardInterrupt': _keep_attempt(attempt, out_nb, html, raised=False); raise KeyboardInterrupt from None
+        raise ReproductionFailed(e.ename, e.evalue, _keep_attempt(attempt, out_nb, html, raised=True)) from None
+    except BaseException:   # interrupted, or the kernel died: such an attempt never takes the run's name
+        _keep_attempt(attempt, out_nb, html, raised=False); raise
     os.replace(attempt, out_nb)
     if html: export_html(out_nb)
     print(f"{nb.path.name} ran in {time.time() - t0:.0f} s -> {out_nb}")
@@ -273,11 +272,12 @@ def _duration(seconds: float) -> str:
     return f"{m} min {s} s" if m else f"{s} s"
 
 def _timing_line(nb: ReproNotebook) -> str:
-    "The measured times of a notebook's metadata (`timing`), in words."
+    "The measured times of a notebook's metadata (`timing`: setting -> {'wall_s', 'cpu_s'}, plus machine, measured, note), in words."
     t = dict(nb.timing)
     if not t: return "time: not measured yet"
     machine, when, note = t.pop('machine', '?'), t.pop('measured', None), t.pop('note', None)
-    runs = '; '.join(f"{k} {_duration(v)}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in t.items())
+    runs = '; '.join(f"{k} {_duration(v['wall_s'])}" + (f" (CPU time {_duration(v['cpu_s'])})" if v.get('cpu_s') else '')
+                     if isinstance(v, Mapping) else f"{k} {v}" for k, v in t.items())
     return f"time on {machine}{f' ({when})' if when else ''}: {runs}" + (f". {note}" if note else '')
 
 def _list() -> None:

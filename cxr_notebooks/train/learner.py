@@ -19,7 +19,8 @@ from ..metrics.classification import macro_auroc
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'ACTIVATIONS', 'create_optimizer', 'create_scheduler', 'atomic_save', 'get_rng_state',
-           'set_rng_state', 'to_device', 'classification_step', 'predict', 'NonFiniteLossError', 'Learner']
+           'set_rng_state', 'to_device', 'classification_step', 'predict', 'NonFiniteLossError', 'autocast_dtype',
+           'Learner']
 
 # %% ../../nbs/train/50_learner.ipynb #d06362c4
 OPTIMIZERS = Registry('optimizer')  # entries: timm optimizer names; names not registered here go to timm as they are
@@ -186,12 +187,16 @@ def _val_auroc(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     "Macro AUROC over the classes that have both values in `y_true`."
     return macro_auroc(y_true, y_prob, skip_single_class=True)
 
+def autocast_dtype(capability: tuple[int, int]) -> torch.dtype:
+    "AMP's dtype for a GPU of CUDA compute `capability`: bf16 from Ampere (8.0) on, fp16 (with a GradScaler) before."
+    return torch.bfloat16 if tuple(capability) >= (8, 0) else torch.float16
+
 def _amp_dtype(amp, device: torch.device) -> torch.dtype | None:
-    "The autocast dtype: bf16 where the GPU supports it, else fp16; `None` on CPU or with AMP off."
+    "The autocast dtype: `autocast_dtype` of the GPU for 'auto' (T4/V100/P100 report bf16 support but emulate it slowly); `None` on CPU or with AMP off."
     if amp not in ('auto', 'bf16', 'fp16', True, False, None):
         raise ValueError(f"amp={amp!r}; expected 'auto', 'bf16', 'fp16' or False")
     if device.type != 'cuda' or not amp: return None
-    if amp in ('auto', True): return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp in ('auto', True): return autocast_dtype(torch.cuda.get_device_capability(device))
     return torch.bfloat16 if amp == 'bf16' else torch.float16
 
 def _dataset_labels(ds) -> np.ndarray | None:

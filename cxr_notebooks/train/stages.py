@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 from ..core import CXRDataError, seed_everything
-from ..data.cache import ImageCache
+from ..data.cache import ImageCache, dataset_cache_name
 from ..data.datasets import AffineAugment, CXRDataset, default_transforms, make_dataloader
 from ..data.splits import check_patient_disjoint
 from ..models.backbones import create_model
@@ -37,9 +37,10 @@ def progressive_stages(image_size: int, batch_size: int, epochs: int | Sequence[
     return [Stage(image_size * 2**i, max(1, batch_size // 2**i), ep[i]) for i in range(n_stages)]
 
 # %% ../../nbs/train/51_stages.ipynb #ca3807bd
-def image_cache(table: pd.DataFrame, size: int, cache_dir: str | Path) -> ImageCache:
-    "The on-disk uint8 cache of every image in `table` at `size` px (built once, reused while fresh)."
-    return ImageCache.build(table['path'].tolist(), size, cache_dir, name='all', progress=False)
+def image_cache(table: pd.DataFrame, size: int, cache_dir: str | Path, progress: bool = True) -> ImageCache:
+    "The on-disk uint8 cache of every image in `table` at `size` px, named by those images (built once, shared, reused while fresh)."
+    paths = table['path'].tolist()
+    return ImageCache.build(paths, size, cache_dir, name=dataset_cache_name(paths), progress=progress)
 
 def stage_dataset(table: pd.DataFrame, # image table: `image`, `path`, `patient_id` and the label columns
                   labels: Sequence[str], # label columns, in output order
@@ -108,7 +109,7 @@ def train_stages(train: pd.DataFrame, # training image table
                          **(model_kw or {}))
     histories, models = [], []
     for i, st in enumerate(plan, 1):
-        cache = image_cache(cache_table if cache_table is not None else pd.concat([train, val]), st.image_size, cache_dir) if cache_dir else None
+        cache = image_cache(cache_table if cache_table is not None else pd.concat([train, val]), st.image_size, cache_dir, progress) if cache_dir else None
         dls = [make_dataloader(stage_dataset(t, labels, st.image_size, is_train, cache, normalize), st.batch_size,
                                shuffle=is_train, seed=seed, num_workers='auto' if num_workers is None else num_workers)
                for t, is_train in ((train, True), (val, False))]
