@@ -22,12 +22,14 @@ from .reference import reference_values
 from ..train.stages import Stage, StagesResult, image_cache, progressive_stages, train_stages
 from ..viz.plots import paper_vs_reproduced
 from .environment import mounted_dataset
+from ..data.cache import default_cache_dir
 
 # %% auto #0
 __all__ = ['NON_RESULT_PARAMETERS', 'INPUT_FINGERPRINTS', 'SPLITS', 'RECORD_SCHEMA', 'RECORD_KEYS', 'RunConfigMismatch',
            'input_fingerprints', 'check_run_config', 'check_resume', 'Run', 'notebook_defaults', 'start_run',
            'parameters_from', 'NIHData', 'load_nih_data', 'split_summary', 'read_split_file', 'make_split',
-           'kfold_parts', 'train_and_predict', 'compare_with_paper', 'check_record', 'write_record']
+           'kfold_parts', 'train_and_predict', 'compare_with_paper', 'kfold_auc', 'compare_metrics_with_paper',
+           'check_record', 'write_record']
 
 # %% ../../nbs/reproduce/91_kit.ipynb #52e76bb3
 import hashlib
@@ -270,12 +272,12 @@ def train_and_predict(run: Run, # the run (output folder, device, seed)
     "Train through `plan` on parts train/val, predict parts test with each stage's model; `(result, {stage: predictions})`."
     cache_table = pd.concat(list(parts.values())) if cache_table is None else cache_table
     kw = dict(seed=int(getattr(run.cfg, 'seed', 0) or 0), device=run.device, num_workers=getattr(run.cfg, 'num_workers', None),
-              cache_dir=run.out / 'cache', cache_table=cache_table, **train_kw)
+              cache_dir=default_cache_dir(), cache_table=cache_table, **train_kw)
     res = train_stages(parts['train'], parts['val'], plan, loss_fn, run.out / name, labels=labels, **kw)
     preds = {}
     for s, (model, st) in enumerate(zip(res.stage_models, plan), 1):
         preds[s] = predict_table(model, parts['test'], labels, st.image_size, device=run.device, num_workers=kw['num_workers'],
-                                 cache=image_cache(cache_table, st.image_size, run.out / 'cache'), step=train_kw.get('step'))
+                                 cache=image_cache(cache_table, st.image_size, default_cache_dir()), step=train_kw.get('step'))
         preds[s].to_csv(run.out / name / f'predictions_stage{s}.csv', index=False)
     return res, preds
 
@@ -292,6 +294,50 @@ def compare_with_paper(ours: pd.DataFrame, # per-class `label, auc, low, high` (
     source = paper.attrs['source'] + (f' ({column.note})' if column.note else '')
     name = f"paper_vs_reproduced_{column.table.lower().replace(' ', '')}" + (f'_stage{column.stage}' if column.stage and column.table != 'Table 4' else '')
     return paper_vs_reproduced(ours, paper, paper_source=source, setup=setup, path=None if out is None else Path(out) / f'{name}.csv')
+
+# %% ../../nbs/reproduce/91_kit.ipynb #3312673c
+from typing import Iterable
+from ..eval.predictions import prediction_arrays
+from ..metrics.classification import per_class_auroc
+
+def kfold_auc(fold_predictions: Iterable[tuple[str, pd.DataFrame]] | Mapping[str, pd.DataFrame], # (fold name, its test prediction table)
+              labels: Sequence[str], # the scored classes (`y_<label>`/`p_<label>` columns)
+             ) -> pd.DataFrame:
+    "Per-class test AUC of each fold (a column each), and over the folds its `mean`, sample `sd` (ddof 1) and number of `folds`; `Average` row: the folds' mean AUC."
+    items = fold_predictions.items() if isinstance(fold_predictions, Mapping) else fold_predictions
+    w = pd.concat({name: per_class_auroc(*prediction_arrays(p, labels), labels, skip_single_class=True) for name, p in items}, axis=1)
+    w.loc['Average'] = w.mean()
+    return w.assign(mean=w.mean(axis=1), sd=w.std(axis=1, ddof=1), folds=w.notna().sum(axis=1)).rename_axis('label')
+
+
+# %% ../../nbs/reproduce/91_kit.ipynb #7a901c98
+from .reference import load_reference, paper_citation
+
+def compare_metrics_with_paper(ours: Mapping[str, pd.DataFrame], # paper setting -> our `metric, value, low, high` table for it
+                               seed: str, # the paper's seed number in `data/reference`
+                               table: str, # the paper's table ('Table VII')
+                               setup: str, # the run's setup line
+                               out: Path | None = None, # write `paper_vs_reproduced_<table>.csv` here
+                               caption: str = '', # what is compared (opens the caption)
+                               **where, # more reference columns to match, e.g. model='PVT', label='Effusion'
+                              ) -> pd.DataFrame:
+    "Paper vs ours per (setting, metric): setting, metric, paper, ours, ci_low, ci_high, difference (source and setup in `attrs`)."
+    ref = load_reference()
+    ref = ref[ref.seed_file.str.startswith(str(seed)) & (ref.table == table)]
+    for k, v in where.items(): ref = ref[ref[k] == v]
+    if ref.empty: raise CXRDataError(f"no reference numbers for seed {seed!r}, {table!r} with {where}; see data/reference")
+    rows = []
+    for setting, m in ours.items():
+        p, m = ref[ref.setting == setting].set_index('metric')['value'], m.set_index('metric')
+        rows += [dict(setting=setting, metric=k, paper=p[k], ours=m.loc[k, 'value'], ci_low=m.loc[k, 'low'], ci_high=m.loc[k, 'high'],
+                      difference=m.loc[k, 'value'] - p[k]) for k in m.index if k in p.index]
+    df = pd.DataFrame(rows, columns=['setting', 'metric', 'paper', 'ours', 'ci_low', 'ci_high', 'difference'])
+    source = f"{paper_citation(seed).short}, {table}" + ''.join(f', {v}' for v in where.values())
+    df.attrs.update(paper_source=source, setup=setup,
+                    caption=f"{caption + ' ' if caption else ''}Paper: {source}. Ours: {setup}. difference = ours - paper.")
+    if out is not None: df.to_csv(Path(out) / f"paper_vs_reproduced_{table.lower().replace(' ', '')}.csv", index=False)
+    return df
+
 
 # %% ../../nbs/reproduce/91_kit.ipynb #49384877
 RECORD_SCHEMA = 'cxr-notebooks/metrics/1'
@@ -339,7 +385,7 @@ def write_record(run: Run, # the run (paper, cfg, setup)
         cfg['pretrained'] = False   # asked for, not loaded: the record states what took effect ('weights' says what was asked)
     rec = {'schema': RECORD_SCHEMA, 'paper': _paper_record(run.paper), 'notebook': notebook, 'profile': cfg['profile'],
            'seed': int(cfg.get('seed') or 0), 'setup': run.setup,
-           'config': {k: v for k, v in cfg.items() if k not in NON_RESULT_PARAMETERS},
+           'config': {k: v for k, v in cfg.items() if k != 'out_dir'},   # num_workers recorded, though results do not depend on it
            'data': {'name': run.data_name, **(data or {})}, 'headline': dict(headline or {}), 'results': dict(results or {}),
            'comparisons': {k: {'paper_source': df.attrs.get('paper_source'), 'setup': df.attrs.get('setup'),
                                'caption': df.attrs.get('caption'), 'rows': df.to_dict(orient='records')}
