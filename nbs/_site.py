@@ -1,7 +1,8 @@
 """Build the documentation site into `_docs/` from the notebooks in `nbs/`: `nbdev_docs` (Quarto) where the
 `quarto` binary exists, else the same pages offline without Quarto: nbdev's own notebook processing
 (directives, `show_doc` of every export), with every library notebook EXECUTED as `nbdev_test` runs it (cells
-flagged `slow` and `#| eval: false` skipped) so the pages show their outputs and figures, and each reproduction
+flagged `slow` and `#| eval: false` skipped; each page in a forked process of its own, so that no notebook's state
+reaches the next) so the pages show their outputs and figures (about 10 min on 2 CPU cores), and each reproduction
 notebook rendered from a run at its smallest setting (`cxr-reproduce run NNN` with the notebook's declared
 `smallest` parameters; the run folders are kept in DIR/../runs/docs and resumed by the next build), then
 nbconvert HTML with the sidebar of `nbs/sidebar.yml`. nbdev's front matter takes a notebook's whole first
@@ -106,6 +107,27 @@ def repro_run(p: str, runs: Path) -> Path:
     return run_reproduction(nb.seed, runs / nb.seed, nb.smallest, html=False, progress=False)
 
 
+def _process_page(src: Path, page: Path, dest: Path, tries: list) -> str | None:
+    "nbdev-process the notebook `src` (shown as the page `page`) into `dest` with the first processor set of `tries` that runs; the first failure, or None."
+    why = None
+    for procs in tries:
+        nb = read_nb(src); nb['path_'] = str(page); keep_intro(nb)
+        try:
+            with working_directory(page.parent): procs().nb_proc(nb).process()
+            break
+        except Exception as e:                         # a failing cell: the page without outputs (or without API docs)
+            lines = str(e).splitlines()
+            why = why or lines[0][:300] + ' ' + (lines[1][:200] if len(lines) > 1 else '')
+    dest.parent.mkdir(parents=True, exist_ok=True); write_nb(nb, dest)
+    return why
+
+
+def _forked(fn, *args):
+    "`fn(*args)` in a forked child process: notebooks executed one after another in one process leak state (registries, patches) into each other."
+    import multiprocessing
+    with multiprocessing.get_context('fork').Pool(1) as pool: return pool.apply(fn, args)
+
+
 def process(nbs: Path, cache: Path, pages: list[str], execute: list[str] | None = None, repro: list[str] | None = None,
             runs: Path | None = None) -> dict[str, str]:
     """nbdev's docs processing of each page into `cache`, executing the library pages matching a glob of `execute` and
@@ -121,16 +143,9 @@ def process(nbs: Path, cache: Path, pages: list[str], execute: list[str] | None 
                     try: src = repro_run(p, runs)
                     except Exception as e: degraded[p] = f'not run ({type(e).__name__}: {str(e).splitlines()[0][:300]})'
             elif execute is None or any(fnmatch.fnmatch(p, g) for g in execute): tries = [_ExecAll, *tries]
-            for procs in tries:
-                nb = read_nb(src); nb['path_'] = str(nbs / p); keep_intro(nb)
-                try:
-                    with working_directory((nbs / p).parent): procs().nb_proc(nb).process()
-                    break
-                except Exception as e:                 # a failing cell: the page without outputs (or without API docs)
-                    lines = str(e).splitlines()
-                    degraded.setdefault(p, lines[0][:300] + ' ' + (lines[1][:200] if len(lines) > 1 else ''))
-            (cache / p).parent.mkdir(parents=True, exist_ok=True); write_nb(nb, cache / p)
-            how = 'executed' if procs is _ExecAll else 'from its run' if src != nbs / p else 'not executed'
+            why = _forked(_process_page, src, nbs / p, cache / p, tries)
+            if why: degraded.setdefault(p, why)
+            how = 'from its run' if src != nbs / p else 'not executed' if tries[0] is not _ExecAll else 'NOT executed' if why else 'executed'
             print(f"{p}: {how}, {time.time() - t0:.0f} s", flush=True)
     finally: del os.environ['IN_TEST']
     return degraded

@@ -1,7 +1,8 @@
 """The documentation site (`make docs`: nbs/_site.py, Quarto's `nbdev_docs` where the binary exists, else the
 offline nbconvert build) and the README generated from nbs/index.ipynb. `make docs` executes every library notebook
-and runs every reproduction notebook at its smallest setting; to keep this test to a few minutes (slow), the site
-here executes a subset: the Plots page (EXECUTED) and seed 002's notebook (RUN); the other pages are built unexecuted."""
+(about 10 min on 2 shared CPU cores) and runs every reproduction notebook at its smallest setting (a few more minutes);
+to keep this test to about 2-5 minutes (slow), the site here executes a subset: the Plots page (EXECUTED) and seed
+002's notebook (RUN); the other pages are built unexecuted, which the executed build shares."""
 import json, re, subprocess, sys
 from html.parser import HTMLParser
 from pathlib import Path

@@ -143,3 +143,67 @@ def test_model_cams_feed_the_browser():
     np.testing.assert_allclose(cams[:, 1], compute_cam(net, x, 1, target_layer=net[0]))
     br = E.CAMBrowser(list(x[:, 0].numpy()), cams, LABELS)
     assert np.array_equal(br.set(image='2', label='Mass').cam, cams[2, 1])
+
+
+def test_threshold_explorer_from_run_reads_the_recorded_predictions(tmp_path, scores):
+    "`from_run` opens the prediction CSV that metrics.json names (a path inside the run folder); a record without one says so."
+    import json
+    y, p = scores
+    (tmp_path / 'm').mkdir()
+    pd.DataFrame({'image': range(len(y)), **{f'y_{l}': y[:, k] for k, l in enumerate(LABELS)},
+                  **{f'p_{l}': p[:, k] for k, l in enumerate(LABELS)}}).to_csv(tmp_path / 'm' / 'preds.csv', index=False)
+    (tmp_path / E.RUN_RECORD).write_text(json.dumps({'predictions': 'm/preds.csv'}))
+    ex = E.ThresholdExplorer.from_run(tmp_path, label='Mass', threshold=0.5)
+    assert ex.counts() == E.ThresholdExplorer(y, p, LABELS, label='Mass', threshold=0.5).counts()
+    (tmp_path / E.RUN_RECORD).write_text('{"predictions": null}')
+    with pytest.raises(CXRDataError, match='names no test prediction file'): E.ThresholdExplorer.from_run(tmp_path)
+    with pytest.raises(CXRDataError, match='metrics.json'): E.ThresholdExplorer.from_run(tmp_path / 'nothing')
+
+
+def test_cam_browser_save_and_from_run_round_trip(tmp_path):
+    "A saved browser reopens with the same pictures, CAMs, boxes and threshold; images of different sizes survive."
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (32, 32), dtype=np.uint8), rng.integers(0, 255, (40, 48), dtype=np.uint8)]
+    cams = rng.random((2, 2, 8, 8)).astype(np.float32)
+    boxes = pd.DataFrame({'image': ['a', 'b'], 'label': ['Mass', 'Effusion'], 'x_min': [1., 2.], 'y_min': [3., 4.], 'x_max': [10., 20.], 'y_max': [12., 30.]})
+    br = E.CAMBrowser(images, cams, LABELS, ['a', 'b'], boxes, threshold=0.35)
+    assert br.save(tmp_path) == tmp_path / E.CAM_BROWSER_FILE
+    again = E.CAMBrowser.from_run(tmp_path)
+    assert again.threshold == pytest.approx(0.35) and again.names == ['a', 'b'] and again.labels == LABELS
+    assert br.set(image='b', label='Effusion').save(tmp_path) and E.CAMBrowser.from_run(tmp_path).state() == br.state()   # the state shown is kept
+    np.testing.assert_array_equal(again.cams, cams); np.testing.assert_array_equal(again.images[1], images[1])
+    for name, label in (('a', 'Mass'), ('b', 'Effusion')):
+        assert again.set(image=name, label=label).scores == br.set(image=name, label=label).scores
+        np.testing.assert_array_equal(again.truth_boxes, br.truth_boxes)
+    E.CAMBrowser(images, cams, LABELS).save(tmp_path)   # no boxes: an empty box table round-trips
+    assert E.CAMBrowser.from_run(tmp_path).boxes.empty
+    with pytest.raises(CXRDataError, match='cam_browser.npz'): E.CAMBrowser.from_run(tmp_path / 'nothing')
+
+
+def test_grid_explorer_from_a_grid_summary():
+    "`from_summary` takes `reproduce.grid.grid_summary`'s table: the varying parameters are the axes, failed runs are left out."
+    summary = pd.DataFrame({'run': ['a', 'b', 'c', 'd'], 'loss': ['bce', 'wfocal', 'bce', 'wfocal'], 'stages': [1, 1, 2, 2],
+                            'status': ['done', 'done', 'done', 'failed'], 'metric': ['mean auroc'] * 3 + [None],
+                            'value': [0.7, 0.74, 0.72, None], 'low': [0.66, 0.7, 0.69, None], 'high': [0.74, 0.78, 0.75, None],
+                            'setup': ['s'] * 4, 'seconds': [1.0] * 4, 'error': [None] * 3 + ['boom'], 'folder': ['x'] * 4})
+    gx = E.GridExplorer.from_summary(summary, axis='stages')
+    assert gx.axes == ['loss', 'stages'] and gx.metrics == ['mean auroc'] and len(gx.runs) == 3
+    assert gx.table.columns.tolist() == ['stages', 'loss', 'mean auroc', 'mean auroc_low', 'mean auroc_high']
+    with pytest.raises(CXRDataError, match='grid_summary'): E.GridExplorer.from_summary(summary.drop(columns='status'))
+
+
+@pytest.mark.slow
+def test_explorers_from_a_finished_run_folder_headless(headless, tmp_path):
+    "Notebook 004 at its smallest setting writes what `ThresholdExplorer.from_run` and `CAMBrowser.from_run` read; both draw headless."
+    from matplotlib.figure import Figure
+    from cxr_notebooks.reproduce.runner import repro_notebooks, run_reproduction
+    nb = repro_notebooks()['004']
+    run_reproduction('004', tmp_path, nb.smallest, progress=False)
+    tx = E.ThresholdExplorer.from_run(tmp_path)
+    pred = pd.read_csv(tmp_path / __import__('json').loads((tmp_path / E.RUN_RECORD).read_text())['predictions'])
+    assert tx.labels == [c[2:] for c in pred.columns if c.startswith('y_') and f'p_{c[2:]}' in pred.columns]
+    assert isinstance(tx.show(), Figure) and 'Youden-optimal' in tx.summary()
+    br = E.CAMBrowser.from_run(tmp_path)
+    assert len(br.names) >= 1 and br.cams.shape[:2] == (len(br.names), len(br.labels)) and len(br.boxes)
+    assert isinstance(br.set(image=str(br.boxes['image'].iloc[0]), label=br.boxes['label'].iloc[0]).show(), Figure)
+    assert len(br.truth_boxes) >= 1

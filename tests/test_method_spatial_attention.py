@@ -60,7 +60,7 @@ def test_reference_numbers_are_the_abstracts():
     for (b, a), v in expected.items():
         [c] = sa.paper_columns(b, a)
         s = reference_values('003', c.table, c.setting, c.metric, split=c.split)
-        assert s['micro'] == v and s.attrs['source'].startswith('seed 003 (003_932827f7cb25e7f1.txt), abstract')
+        assert s['micro'] == v and s.attrs['source'].startswith(sa.PAPER['citation'].short + ', abstract')
     for b in ('efficientnet_b0', 'efficientnet_b3'):
         assert sa.paper_columns(b, True) == [] and 'minimal change' in sa.PAPER_SAYS[b]
     c = sa.CLASS_GAIN_COLUMN

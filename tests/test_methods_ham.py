@@ -116,11 +116,51 @@ def test_paper_columns_for_table2_and_chexpert_tables():
     with pytest.raises(ValueError, match='dataset'): paper_columns('full', 'official', 'HAM', False, 'mimic')
 
 
-def test_fold_summary_is_table2s_mean_and_std():
-    from cxr_notebooks.methods.ham import fold_summary
-    fs = fold_summary({f'fold{k}': pd.DataFrame({'label': ['Mass', 'Nodule'], 'auc': [0.7 + 0.1 * k, 0.6]}) for k in range(3)}).set_index('label')
-    assert fs.loc['Mass', 'mean'] == pytest.approx(0.8) and fs.loc['Mass', 'std'] == pytest.approx(0.1)   # ddof 1
-    assert fs.loc['Average', 'mean'] == pytest.approx(0.7) and fs.loc['Average', 'std'] == pytest.approx(0.05) and fs['folds'].eq(3).all()
+def test_data_settings_the_paper_lacks_stop_before_any_data():
+    from cxr_notebooks.methods.ham import check_data_settings
+    for args, word in ((('phantom', 'chexpert', 'official', 1), 'profile smoke'), (('smoke', 'nih', 'chexpert_localization', 1), 'split='),
+                       (('smoke', 'mimic', 'official', 1), 'dataset'), (('smoke', 'nih', 'official', 0), 'fold=0'),
+                       (('smoke', 'nih', 'official', 1, True), 'extra_boxes')):
+        with pytest.raises(ValueError, match=word): check_data_settings(*args)
+    check_data_settings('smoke', 'nih', 'cv_classification', 0); check_data_settings('phantom', 'nih', 'anything', 1)
+
+
+def test_ham_folds_of_the_embedded_nih_sample():
+    "without_bboxes tests on exactly the boxed images and trains on none of their patients; patient folds give helpers = boxed training images."
+    from cxr_notebooks.data.splits import check_patient_disjoint, patient_keys
+    from cxr_notebooks.methods.ham import ham_folds, nih_data
+    from cxr_notebooks.reproduce.kit import load_nih_data, make_split
+    nih = load_nih_data('smoke'); data = nih_data(nih, make_split(nih, 'official'))
+    wb = ham_folds(data, 'without_bboxes', seed=0)
+    parts, helper = wb.folds['']
+    assert set(parts['test']['image']) == set(data.boxed) and helper == [] and 'dropped' in wb.note
+    assert not set(patient_keys(parts['train'])) & set(patient_keys(parts['test']))
+    assert ham_folds(data, 'official').folds[''][0] is data.parts
+    pl = ham_folds(data, 'patient_localization', fold=0, seed=0)
+    assert list(pl.folds) == [f'fold{f}' for f in range(1, 6)] and pl.leaks == {}
+    for p, h in pl.folds.values():
+        check_patient_disjoint(p); assert set(h) <= set(p['train']['image']) & set(data.boxed) and set(p['test']['image']) <= set(data.boxed)
+
+
+def test_attention_examples_scale_the_boxes_and_normalise_as_in_training(tmp_path):
+    "The boxes go from stored pixels to input pixels, the model sees mean = std = 0.5 inputs, and each map is in [0, 1]."
+    import cv2
+    from cxr_notebooks.methods.ham import attention_examples
+    seen = []
+    class BoxModel(nn.Module):
+        def __init__(self): super().__init__(); self.w = nn.Parameter(torch.zeros(1))
+        def forward(self, x):
+            seen.append(x.clone())
+            return {'logits': torch.zeros(len(x), 2), 'cam': (x[:, :2] > 0).float(), 'pos_cam': None, 'foreground': torch.ones_like(x[:, :1])}
+    img = np.zeros((80, 80), np.uint8); img[20:40, 8:48] = 255
+    cv2.imwrite(str(tmp_path / 'a.png'), img)
+    tab = pd.DataFrame({'image': ['a.png', 'b.png'], 'path': [str(tmp_path / 'a.png')] * 2, 'patient_id': ['p1', 'p2'], 'Mass': [1.0, 0], 'Nodule': [0, 0.]})
+    bx = pd.DataFrame({'image': ['a.png'], 'label': ['Nodule'], 'x_min': [8.], 'y_min': [20.], 'x_max': [48.], 'y_max': [40.]})
+    ims, maps, titles, bxs = attention_examples(BoxModel(), tab, bx, ['Mass', 'Nodule'], 40)
+    assert titles == ['Nodule: foreground', 'Nodule: abnormality'] and len(ims) == 2   # no positive level; b.png has no box
+    np.testing.assert_allclose(bxs[1], [[4., 10., 24., 20.]])
+    assert seen[0].min() == pytest.approx(-1) and seen[0].max() == pytest.approx(1)    # (x - 0.5) / 0.5 of [0, 1] pixels
+    assert ims[0].min() >= 0 and ims[0].max() <= 1 and maps[1][10:20, 4:24].mean() > 0.9
 
 
 def test_table6_grid_spec_has_one_run_per_ablation_row():

@@ -367,3 +367,44 @@ def test_smallest_run_names_protocol_measure_cam_target_and_schedule_in_its_setu
     for k in ('protocol=authors', 'attention_measure=coverage', 'cam_target=predicted', 'schedule=authors'): assert k in rec['setup']
     assert rec['data']['protocol'] == 'authors' and rec['data']['shared_patients'] == []
     assert {'coverage', 'share', 'in_prior'} <= set(rec['results']['attention'][0])
+
+
+def test_run_settings_train_lambda_one_once_and_stop_on_bad_values():
+    "λ = 1 is plain cross-entropy: trained once as `none`; every other λ once per variant; a bad value names its parameter."
+    assert la.run_settings('1,0.5', 'both') == [('1', 'none'), ('0.5', 'published'), ('0.5', 'differentiable')]
+    assert [l for l, _ in la.run_settings('all', 'published')] == ['1', '0.75', '0.5', '0.25', 'adaptive']
+    for kw, word in ((dict(variant='all'), 'variant'), (dict(dataset='ottawa'), 'dataset'), (dict(dataset='byo'), 'data_root'),
+                     (dict(protocol='random'), 'protocol'), (dict(schedule='fast'), 'schedule'), (dict(cam_target='max'), 'cam_target'),
+                     (dict(attention_measure='mass'), 'measure')):
+        with pytest.raises(ValueError, match=word): la.run_settings('1', **{'variant': 'both', **kw})
+
+
+def _result(setting, lam, variant, auc, in_prior):
+    "A `train_and_evaluate` result with CIs of +-0.05 (in-prior) and +-0.1 (AUC)."
+    m = pd.DataFrame({'metric': ['auc', 'f1'], 'value': [auc, 0.5], 'low': [auc - 0.1, 0.4], 'high': [auc + 0.1, 0.6]})
+    prior = {f'{c}{s}': in_prior + d for c in ('in_prior', *la.PRIOR_MEASURES) for s, d in (('', 0), ('_low', -0.05), ('_high', 0.05))}
+    return dict(setting=setting, lam=lam, variant=variant, threshold=0.5, epochs_run=2, metrics=m, **prior)
+
+
+def test_sweep_table_and_reading_state_what_the_numbers_say():
+    "One row per setting with every metric and CI; the reading names learnt classifiers, CIs apart or overlapping, and the published caveat."
+    sweep = la.sweep_table([_result('lambda1', '1', 'none', 0.55, 0.3), _result('lambda0.5_published', '0.5', 'published', 0.8, 0.5),
+                            _result('lambda0.5_differentiable', '0.5', 'differentiable', 0.8, 0.32)])
+    assert sweep.loc[1, ['auc', 'auc_low', 'f1_high', 'in_prior_high']].to_numpy(float) == pytest.approx([0.8, 0.7, 0.6, 0.55])
+    text = la.reading(sweep, 'coverage', 'phantom, seed 0')
+    assert 'Learnt the task' in text and 'lambda0.5_published 0.800' in text and 'lambda1 0.550' not in text   # 0.55's CI holds 0.5
+    published, differentiable = [l for l in text.splitlines() if l.startswith('- lambda0.5_')]
+    assert 'CIs apart' in published and 'no gradient' in published and 'CIs overlap' in differentiable
+    assert 'No classifier learnt' in la.reading(sweep.assign(auc_low=0.45), 'coverage', 's')
+    assert 'nothing to compare' in la.reading(sweep.iloc[1:], 'share', 's')
+    fig = la.plot_in_prior(sweep, 'coverage', 'phantom, seed 0')
+    assert len(fig.axes[0].containers) == 2   # one error-bar series per variant; λ = 1 is the dashed line
+
+
+def test_the_papers_tables_i_ii_against_their_sweep_tables():
+    "Cross-entropy is always Tables VII-IX's λ = 1 column; the check covers every model and task of the paper."
+    from cxr_notebooks.reproduce.reference import load_reference
+    ref = load_reference()
+    checks = la.table_consistency(ref[ref.seed_file.str.startswith('000')])
+    assert set(checks.model) == set(la.PAPER_MODELS.values()) and set(checks.column) == {'cross-entropy', 'proposed loss'}
+    assert checks[checks.column == 'cross-entropy'].found_in.str.contains('lambda=1').all()

@@ -206,3 +206,6 @@ def test_what_was_loaded_is_recorded_with_its_checksum(tmp_path, monkeypatch, no
     assert weights_summary(WEIGHTS_LOG[n:n + 1]) == str(local.pretrained_weights) and weights_summary([]) is None
     with pytest.raises(PretrainedWeightsUnavailable, match='on purpose with pretrained=False'):
         create_model('mobilenetv2_100', 14, pretrained=True)
+    n = len(WEIGHTS_LOG)
+    measured = create_model('mobilenetv2_100', 14, log=False)   # built only to count FLOPs: not what a run trained
+    assert len(WEIGHTS_LOG) == n and str(measured.pretrained_weights) == 'none: from scratch'

@@ -6,7 +6,8 @@
 from __future__ import annotations
 import copy, functools, warnings
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from types import SimpleNamespace
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
@@ -14,21 +15,24 @@ from torch import nn
 from ..core import CXRDataError
 from ..data.cache import ImageCache
 from ..data.contract import BOX_COLUMNS
-from ..data.datasets import CXRDataset, default_transforms, make_dataloader
+from ..data.datasets import CXRDataset, default_transforms, make_dataloader, read_image
 from ..data.preprocess import PreprocessChain, seed004_augmentation, seed004_preprocess
 from ..eval.paper import Citation
-from ..eval.predictions import prediction_arrays
+from ..eval.predictions import predict_table, prediction_arrays
 from ..losses.classification import WeightedBCELoss, inverse_frequency_weights, label_counts
 from ..metrics.thresholds import choose_thresholds, thresholded_metrics
 from ..models.backbones import create_model
 from ..models.data_efficient import ProbabilityEnsemble, trainable_parameters
 from ..models.lungseg import lung_segmenter
 from ..train.learner import Learner, classification_step, create_optimizer, create_scheduler
+from ..explain.cams import compute_cam
+from matplotlib.figure import Figure
 
 # %% auto #0
 __all__ = ['PAPER', 'REPORT', 'SECTIONS', 'PROFILES', 'MODELS', 'SUMMARY_METRICS', 'rare_labels', 'seed004_loss',
            'pos_weight_table', 'build_model', 'memory_replay_step', 'training_step', 'train_snapshots', 'ensemble_of',
-           'seed004_chain', 'seed004_datasets', 'boxed_samples', 'class_distribution', 'threshold_comparison',
+           'seed004_chain', 'seed004_datasets', 'boxed_samples', 'plot_preprocessing', 'boxed_cams', 'run_plan',
+           'train_members', 'kfold_predictions', 'class_distribution', 'validation_thresholds', 'threshold_comparison',
            'training_comparison', 'summary_vs_report']
 
 # %% ../../nbs/methods/84_data_efficient.ipynb #d0cea1e4
@@ -209,6 +213,90 @@ def boxed_samples(ds: CXRDataset, # an evaluation dataset with boxes (`seed004_d
         rows += [(name, ds.labels[int(k)], *map(float, b)) for b, k in zip(s['boxes'], s['box_labels'])]
     return images, torch.stack(inputs) if inputs else torch.empty(0), names, pd.DataFrame(rows, columns=list(BOX_COLUMNS))
 
+# %% ../../nbs/methods/84_data_efficient.ipynb #b1489ccd
+def plot_preprocessing(table: pd.DataFrame, # image table with `path`
+                       chain: PreprocessChain, # `seed004_chain(...)`
+                       size: int, # side of the stored images as shown
+                       n: int = 4, # images shown
+                      ) -> Figure:
+    "The first `n` images of `table` as stored (resized to `size`) above what `chain` makes of them."
+    show = table.head(n)
+    fig = Figure(figsize=(2.6 * max(len(show), 1), 5.4)); axs = fig.subplots(2, max(len(show), 1), squeeze=False)
+    for j, path in enumerate(show['path']):
+        axs[0, j].imshow(read_image(path, size), cmap='gray'); axs[1, j].imshow(chain(read_image(path)), cmap='gray')
+        axs[0, j].set_title('stored', fontsize=8); axs[1, j].set_title('preprocessed', fontsize=8)
+    for ax in axs.ravel(): ax.axis('off')
+    fig.tight_layout()
+    return fig
+
+def boxed_cams(models: Mapping[str, nn.Module], # model name -> trained network
+               ds: CXRDataset, # an evaluation dataset with boxes (`seed004_datasets(..., boxes=...)`)
+               labels: Sequence[str], # the models' output labels
+               device: str | None = None, # where the CAMs are computed
+               n: int = 8, # at most this many boxed images
+              ) -> tuple[list[np.ndarray], dict[str, np.ndarray], list[str], pd.DataFrame, list[str]]:
+    "`(images, {model: (N, K, H, W) CAMs}, names, boxes, boxed labels)`: Grad-CAM of each model for the K classes with a box, on up to `n` boxed images."
+    images, inputs, names, boxes = boxed_samples(ds, n)
+    boxed = [l for l in labels if l in set(boxes['label'])]
+    cams = {m: np.stack([compute_cam(net, inputs.to(device), list(labels).index(l)) for l in boxed], axis=1) for m, net in models.items()} if images else {}
+    return images, cams, names, boxes, boxed
+
+
+# %% ../../nbs/methods/84_data_efficient.ipynb #292a32f1
+def run_plan(model: str, # a `MODELS` name or 'ensemble'
+             threshold: str, # per-class thresholds chosen on validation: 'youden' or 'f1'
+             epochs: int, # the report's epoch count
+             trained_epochs: int | None = None, # continue the same run to this many epochs (0 or None: no)
+            ) -> tuple[list[str], list[int]]:
+    "`(members to train, epoch counts to keep)` of a run; `ValueError` on a model, threshold or epoch count the report cannot mean."
+    if model not in (*MODELS, 'ensemble'): raise ValueError(f"model={model!r}; expected one of {', '.join(MODELS)}, ensemble")
+    if threshold not in ('youden', 'f1'): raise ValueError(f"threshold={threshold!r}; expected youden or f1")
+    if trained_epochs and trained_epochs <= epochs: raise ValueError(f"trained_epochs={trained_epochs} must exceed epochs={epochs} (or be 0)")
+    return (list(MODELS) if model == 'ensemble' else [model]), sorted({epochs, *([trained_epochs] if trained_epochs else [])})
+
+def train_members(model: str, # the run's model: a `MODELS` name or 'ensemble' (all three)
+                  labels: Sequence[str], # output labels
+                  rare: Sequence[str], # rare labels (`rare_labels`; rare_disease only)
+                  datasets: Mapping[str, torch.utils.data.Dataset], # 'train' and 'val' (`seed004_datasets`)
+                  loss_fn: Callable, # `seed004_loss(train, labels)`
+                  out_dir: str | Path, # checkpoints and `history.csv` in `out_dir/<member>`
+                  snapshots: Sequence[int], # keep the selected model after each of these epoch counts
+                  cfg: SimpleNamespace, # the run's settings: pretrained, weights, on_missing_weights, memory_size, replay_weight, batch_size, lr, grad_accum_steps, patience, seed
+                  device: str | None = None, # default: CUDA when available
+                  num_workers: int | str = 'auto', # data loader workers
+                 ) -> tuple[dict[str, pd.DataFrame], dict[str, dict[int, nn.Module]]]:
+    "Train the run's member model(s) to every snapshot: `(histories, {name: {epochs: model}})`, plus 'ensemble' of the members for `model='ensemble'`."
+    members, _ = run_plan(model, 'youden', min(snapshots))
+    histories, nets = {}, {}
+    for name in members:
+        net = build_model(name, labels, rare, cfg.pretrained, None if name == 'chest_xray_attention' else cfg.weights, cfg.on_missing_weights,
+                          cfg.memory_size, cfg.replay_weight)
+        histories[name], nets[name] = train_snapshots(net, datasets['train'], datasets['val'], loss_fn, Path(out_dir) / name, snapshots,
+                                                      cfg.batch_size, cfg.lr, training_step(name), cfg.grad_accum_steps, cfg.patience,
+                                                      seed=cfg.seed, device=device, num_workers=num_workers, progress=False)
+        histories[name].to_csv(Path(out_dir) / name / 'history.csv', index=False)
+    if model == 'ensemble': nets['ensemble'] = {e: ensemble_of([nets[m][e] for m in members]) for e in snapshots}
+    return histories, nets
+
+def kfold_predictions(folds: Iterable[tuple[str, Mapping[str, pd.DataFrame]]], # (fold name, its train/val/test tables), e.g. `kit.kfold_parts`
+                      model: str, # as `train_members`
+                      labels: Sequence[str], # output labels
+                      rare: Sequence[str], # rare labels
+                      chain: PreprocessChain, # `seed004_chain(...)`
+                      out_dir: str | Path, # each fold trains in `out_dir/<fold>`; the pixel cache is `out_dir/cache`
+                      epochs: int, # the epoch count of each fold's model
+                      cfg: SimpleNamespace, # as `train_members`
+                      cache_table: pd.DataFrame | None = None, # the images of one cache for every fold (default: each fold's own)
+                      device: str | None = None, # default: CUDA when available
+                      num_workers: int | str = 'auto', # data loader workers
+                     ) -> Iterator[tuple[str, pd.DataFrame]]:
+    "Train the run's model on each fold (its own weighted loss) and yield `(fold name, its test predictions)`, for `reproduce.kit.kfold_auc`."
+    for name, fold in folds:
+        ds = seed004_datasets(fold, labels, chain, Path(out_dir) / 'cache', cache_table=cache_table)
+        _, nets = train_members(model, labels, rare, ds, seed004_loss(fold['train'], labels), Path(out_dir) / name, [epochs], cfg, device, num_workers)
+        yield name, predict_table(nets[model][epochs], fold['test'], labels, dataset=ds['test'], device=device, num_workers=num_workers)
+
+
 # %% ../../nbs/methods/84_data_efficient.ipynb #e7e4c450
 def class_distribution(parts: Mapping[str, pd.DataFrame], # split name -> image table
                        labels: Sequence[str], # label columns
@@ -223,6 +311,14 @@ def class_distribution(parts: Mapping[str, pd.DataFrame], # split name -> image 
             out[f'{name} difference'] = out[name] - out[f'{name} (report)']
     return pd.DataFrame(out).rename_axis('label')
 
+def validation_thresholds(val_pred: pd.DataFrame, labels: Sequence[str], method: str) -> tuple[np.ndarray, list[str]]:
+    "Per-class thresholds chosen on validation by `method`, and the labels with one class there, which keep the fixed 0.5 (no warning: the caller says so once)."
+    yv, pv = prediction_arrays(val_pred, labels)
+    one_class = [l for k, l in enumerate(labels) if len(np.unique(yv[:, k])) < 2]
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=r'column\(s\) .* have one class in y_true', category=UserWarning)
+        return choose_thresholds(yv, pv, method, fixed=0.5, fallback_to_fixed=True), (one_class if method != 'fixed' else [])
+
 def threshold_comparison(val_pred: pd.DataFrame, # validation predictions (thresholds are chosen here)
                          test_pred: pd.DataFrame, # test predictions (scored here)
                          labels: Sequence[str], # labels
@@ -230,14 +326,14 @@ def threshold_comparison(val_pred: pd.DataFrame, # validation predictions (thres
                          n_resamples: int = 1000, # bootstrap resamples
                          seed: int = 0, # bootstrap seed
                         ) -> pd.DataFrame:
-    "Test AUROC/F1/precision/recall with CIs per class, macro and micro, for each way of choosing per-class thresholds on validation."
-    yv, pv = prediction_arrays(val_pred, labels)
+    "Test AUROC/F1/precision/recall with CIs per class, macro and micro, per way of choosing thresholds on validation (`fixed_fallback`: kept 0.5, one class in validation)."
     yt, pt = prediction_arrays(test_pred, labels)
     out = []
     for method in methods:
-        thr = choose_thresholds(yv, pv, method, fixed=0.5, fallback_to_fixed=True)
+        thr, kept_fixed = validation_thresholds(val_pred, labels, method)
         t = thresholded_metrics(yt, pt, thr, labels, n_resamples, seed, groups=test_pred['patient_id'].to_numpy())
-        out.append(t.rename_axis('label').reset_index().assign(method=method))
+        t = t.rename_axis('label').reset_index()
+        out.append(t.assign(method=method, fixed_fallback=t.label.isin(kept_fixed)))
     t = pd.concat(out, ignore_index=True)
     return t[['method', *[c for c in t.columns if c != 'method']]]
 
@@ -275,7 +371,7 @@ def summary_vs_report(table: pd.DataFrame, # `threshold_comparison` of one model
                         'ours': [r[m] for m in SUMMARY_METRICS], 'ci_low': [r[f'{m}_low'] for m in SUMMARY_METRICS],
                         'ci_high': [r[f'{m}_high'] for m in SUMMARY_METRICS]})
     out['difference'] = out.ours - out.paper
-    source = f"seed 004 ({PAPER['source']}), {section}, {model}"
+    source = f"{PAPER['citation'].short}, {section}, {model}"
     out.attrs.update(paper_source=source, setup=setup,
                      caption=f"Macro metrics at thresholds '{method}', report vs reproduced. Report: {source}. Ours: {setup}. "
                              f"95% bootstrap CI (patients resampled); difference = ours - report.")

@@ -7,13 +7,18 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 import torch.nn.functional as F
+from ..data import splits
 from ..data.contract import BOX_COLUMNS
+from ..data.ham import (CHEXPERT_BOX_LABELS, chexpert_localization_parts, ham_split, load_chexpert, localization_parts,
+                                    patient_ham_folds, patient_overlap)
+from ..data.labels import NIH_BOX_LABELS, NIH_LABELS
+from ..data.synth import write_phantom_folder
 from ..data.datasets import CXRDataset, default_transforms, make_dataloader
 from ..eval.paper import Citation, PaperColumn
 from ..losses.ham import HAMLoss, box_masks, refined_attention
@@ -25,9 +30,11 @@ from ..train.stages import check_selectable
 from ..eval.predictions import predict_table
 
 # %% auto #0
-__all__ = ['PAPER', 'PROFILES', 'ABLATIONS', 'HAM_ROW', 'NORMALIZE', 'T_IOU', 'T_IOR', 'CHEXPERT_BASELINES', 'ablation',
-           'build_ham', 'ham_loss', 'ham_step', 'HAMResult', 'train_ham', 'predict_ham', 'attention_levels',
-           'localization_table', 'localization_accuracy', 'paper_columns', 'accuracy_row', 'fold_summary']
+__all__ = ['PAPER', 'PROFILES', 'ABLATIONS', 'HAM_ROW', 'NORMALIZE', 'T_IOU', 'T_IOR', 'CHEXPERT_BASELINES', 'REFERENCE_TABLES',
+           'PHANTOM_CLASSES', 'FOLD_SPLITS', 'SPLITS', 'ablation', 'build_ham', 'ham_loss', 'ham_step', 'HAMResult',
+           'train_ham', 'predict_ham', 'attention_levels', 'localization_table', 'localization_accuracy',
+           'attention_examples', 'pooled_localization', 'paper_name', 'paper_columns', 'accuracy_row',
+           'check_data_settings', 'HAMData', 'phantom_data', 'chexpert_data', 'nih_data', 'HAMFolds', 'ham_folds']
 
 # %% ../../nbs/methods/82_ham.ipynb #398df5d5
 PAPER: dict = dict(seed='001', source='001_346aec97e7be795c.txt',
@@ -230,9 +237,60 @@ def localization_accuracy(scores: pd.DataFrame, # `localization_table` output
             rows.append({'criterion': crit, 'threshold': t, **acc.to_dict(), 'Average': acc.mean()})
     return pd.DataFrame(rows)
 
+# %% ../../nbs/methods/82_ham.ipynb #de8512c2
+def attention_examples(model: nn.Module, # a trained HAM (any Table VI row)
+                       table: pd.DataFrame, # image table (rows without a box are skipped)
+                       boxes: pd.DataFrame, # box table in stored-image pixels (`data.contract.BOX_COLUMNS`)
+                       labels: Sequence[str], # the model's output labels
+                       image_size: int, # model input side, px
+                       order: str = 'paper', # `losses.ham.refined_attention` order ('paper' or 'code')
+                       device: str | None = None, # default: the model's
+                       n: int = 4, # at most this many boxed images
+                      ) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[np.ndarray]]:
+    "`(images, maps, titles, boxes)`: each attention level of up to `n` boxed images (its first boxed class), boxes in input pixels."
+    ds = CXRDataset(table[table['image'].isin(set(boxes['image']))].head(n), labels, default_transforms(image_size, False, NORMALIZE),
+                    boxes=boxes, image_size=image_size, name='boxed images')
+    device = device or next(model.parameters()).device
+    images, maps, titles, bxs = [], [], [], []
+    for s in map(ds.__getitem__, range(len(ds))):
+        x, k, kinds = s['image'].as_subclass(torch.Tensor), int(s['box_labels'][0]), np.asarray(s['box_labels'])
+        lv = attention_levels(model.eval().to(device), x[None].to(device), order=order)
+        for level, m in ((l, lv[l][0, k if l == 'abnormality' else 0].cpu().numpy()) for l in ('foreground', 'positive', 'abnormality') if lv[l] is not None):
+            images.append((x[0] * 0.5 + 0.5).numpy()); maps.append((m - m.min()) / max(m.max() - m.min(), 1e-8))
+            titles.append(f"{labels[k]}: {level}"); bxs.append(np.asarray(s['boxes'].as_subclass(torch.Tensor))[kinds == k])
+    return images, maps, titles, bxs
+
+
+# %% ../../nbs/methods/82_ham.ipynb #25af8c05
+def pooled_localization(models: Mapping[str, nn.Module], # fold name -> its trained HAM
+                        folds: Mapping[str, tuple[Mapping[str, pd.DataFrame], Sequence[str]]], # `ham_folds(...).folds`
+                        boxes: pd.DataFrame, # box table in stored-image pixels
+                        labels: Sequence[str], # the models' output labels
+                        image_size: int, # model input side
+                        threshold: float = 0.999, # on T(M)
+                        region: str = 'box', # 'box' (paper) or 'mask' (authors' code)
+                        order: str = 'paper', # as `localization_table`
+                        device: str | None = None, # default: each model's
+                       ) -> pd.DataFrame:
+    "IoU and IoR of each fold's model for every boxed case of its own test part, pooled over the folds (`localization_table`)."
+    s = [localization_table(models[fk], p['test'], b, labels, image_size, threshold, region, order, device)
+         for fk, (p, _) in folds.items() for b in [boxes[boxes['image'].isin(set(p['test']['image']))]] if len(b)]
+    return pd.concat(s, ignore_index=True) if s else pd.DataFrame(columns=['image', 'label', 'iou', 'ior'])
+
+
 # %% ../../nbs/methods/82_ham.ipynb #ed6bf021
 #: The CheXpert baselines of Tables IX-X as Table VI rows: ResNet50 with CAM, and the dilated ResNet50 with LSE pooling and CAM.
 CHEXPERT_BASELINES: dict[str, str] = {'RN50-32-GAP': 'RN50', 'RN50-8-LSE': 'DRN50'}
+
+#: the paper's tables shown beside a run on each dataset: (table, metric)
+REFERENCE_TABLES: dict[str, list[tuple[str, str]]] = {
+    'nih': [('Table I', 'auc'), ('Table II', 'auc'), ('Table VI', 'loc_iou_0.1'), ('Table III', 'loc_iou_0.1'), ('Table IV', 'loc_iou_0.1'),
+            ('Table V', 'loc_ior_0.1'), ('Table VII', 'loc_iou_0.1'), ('Table VII', 'loc_iou_0.3')],
+    'chexpert': [('Table VIII', 'auc'), ('Table IX', 'loc_iou_0.1'), ('Table X', 'loc_ior_0.1')]}
+
+def paper_name(setting: str) -> str:
+    "A reference column's setting as shown beside ours: the paper's own method, printed 'Ours' there, is 'HAM' here."
+    return setting.replace('Ours', 'HAM', 1) if setting.startswith('Ours') else setting
 
 def paper_columns(profile: str, # phantom, smoke or full
                   split: str, # the notebook's split
@@ -283,9 +341,115 @@ def accuracy_row(acc: pd.DataFrame, metric: str) -> pd.DataFrame:
     row = acc[(acc['criterion'] == crit) & np.isclose(acc['threshold'], t)].drop(columns=['criterion', 'threshold']).iloc[0]
     return pd.DataFrame({'label': row.index, 'auc': row.to_numpy(float)})
 
-# %% ../../nbs/methods/82_ham.ipynb #1d50d1c2
-def fold_summary(fold_aucs: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    "Per-class mean and standard deviation (ddof 1) of the AUC over folds, and of the folds' mean AUC as `Average` (Table II's form)."
-    w = pd.concat({f: a.set_index('label')['auc'] for f, a in fold_aucs.items()}, axis=1)
-    w.loc['Average'] = w.mean()
-    return pd.DataFrame({'mean': w.mean(axis=1), 'std': w.std(axis=1, ddof=1), 'folds': w.notna().sum(axis=1)}).rename_axis('label').reset_index()
+# %% ../../nbs/methods/82_ham.ipynb #720f53d4
+PHANTOM_CLASSES: tuple[str, ...] = ('Atelectasis', 'Cardiomegaly', 'Effusion', 'Mass', 'Nodule', 'Pneumothorax')
+FOLD_SPLITS: tuple[str, ...] = ('patient_classification', 'cv_classification', 'patient_localization', 'cv_localization')
+SPLITS: dict[str, tuple[str, ...]] = {'nih': ('official', 'without_bboxes', *FOLD_SPLITS), 'chexpert': ('official', 'chexpert_localization')}
+
+def check_data_settings(profile: str, # phantom, smoke or full
+                        dataset: str, # nih or chexpert
+                        split: str, # a `SPLITS` name of the dataset (phantoms: any)
+                        fold: int, # 1 to 5, or 0 (all five) with a 5-fold split
+                        extra_boxes: bool = False, # chexpert_localization only
+                       ) -> None:
+    "`ValueError` naming the parameter when `dataset`, `split`, `fold` and `extra_boxes` make no setting of the paper."
+    if dataset not in SPLITS: raise ValueError(f"dataset={dataset!r}: expected nih or chexpert")
+    if dataset == 'chexpert' and profile == 'phantom':
+        raise ValueError("dataset='chexpert' runs on profile smoke (CPU settings) or full, with data_root the CheXpert folder; phantom draws its own data")
+    if profile != 'phantom' and split not in SPLITS[dataset]:
+        raise ValueError(f"split={split!r} with dataset={dataset!r}: expected one of {', '.join(SPLITS[dataset])}")
+    if fold not in range(0 if split in FOLD_SPLITS else 1, 6):
+        raise ValueError(f"fold={fold}: expected 1 to 5, or 0 (all five folds) with a 5-fold split ({', '.join(FOLD_SPLITS)})")
+    if extra_boxes and split != 'chexpert_localization': raise ValueError("extra_boxes applies to split='chexpert_localization' only")
+
+@dataclass
+class HAMData:
+    "A run's images: every image (`table`), their boxes (stored pixels), the scored labels, the labels with boxes, a description, and the dataset's own parts."
+    source: str                      # 'phantom', 'nih' or 'chexpert'
+    table: pd.DataFrame
+    boxes: pd.DataFrame
+    labels: list[str]
+    box_labels: list[str]
+    name: str
+    parts: dict[str, pd.DataFrame] | None = None   # NIH: the official split's train/val/test; CheXpert: its own train and valid
+    @property
+    def boxed(self) -> list[str]:
+        "Names of the images with a box."
+        return sorted(set(self.boxes['image']) & set(self.table['image']))
+
+def phantom_data(root: str | Path, # the phantoms are written here
+                 n: int, # how many
+                 size: int, # image side, px
+                 seed: int = 0, # seeds the phantoms
+                ) -> HAMData:
+    "`n` phantoms with exact boxes of `PHANTOM_CLASSES` written under `root` (`data.synth`)."
+    table, boxes = write_phantom_folder(root, n, size, PHANTOM_CLASSES, seed=seed, prevalence=0.25)
+    return HAMData('phantom', table, boxes, list(PHANTOM_CLASSES), list(PHANTOM_CLASSES),
+                   f'{n} phantoms ({size} px, data.synth, seed {seed}), patient-level 70/10/20 split')
+
+def chexpert_data(root: str | Path, # the folder holding CheXpert-v1.0-small/ or CheXpert-v1.0/
+                  split: str, # 'official' (the 5 competition labels) or 'chexpert_localization' (the boxed labels)
+                  original_sizes: str | Path | None = None, # CSV of the originals' sizes (needed with CheXpert-v1.0-small)
+                  n_images: int | None = None, # cap the training images
+                  seed: int = 0, # seeds the cap's draw
+                 ) -> HAMData:
+    "CheXpert with U-Ones: the 5 competition labels (`split='official'`) or the boxed ones, with the boxes of those labels."
+    cx = load_chexpert(root, 'competition' if split == 'official' else CHEXPERT_BOX_LABELS, 'U-Ones', original_sizes, n_images, seed)
+    return HAMData('chexpert', pd.concat([cx.train, cx.valid], ignore_index=True), cx.boxes[cx.boxes['label'].isin(cx.labels)],
+                   list(cx.labels), list(cx.labels), cx.name, {'train': cx.train, 'valid': cx.valid})
+
+def nih_data(data, official: Mapping[str, pd.DataFrame] | None = None) -> HAMData:
+    "NIH ChestX-ray14 from the kit's data (`table`, `boxes`, `name`), with the official split's parts for `split='official'`."
+    return HAMData('nih', data.table, data.boxes, list(NIH_LABELS), list(NIH_BOX_LABELS), data.name, None if official is None else dict(official))
+
+
+# %% ../../nbs/methods/82_ham.ipynb #0bbe7628
+@dataclass
+class HAMFolds:
+    "The folds of a run: name ('' for a single split) -> (train/val/test parts, helper images whose boxes feed L_amse), and patients shared between parts."
+    folds: dict[str, tuple[dict[str, pd.DataFrame], list[str]]]
+    leaks: dict[str, pd.DataFrame]
+    note: str = ''   # what the split did that a reader should know
+
+def _three_way(t: pd.DataFrame, seed: int) -> dict[str, pd.DataFrame]:
+    "Patient-level 70/10/20 train/val/test parts."
+    rest, test = splits.patient_train_val_split(t, val_fraction=0.2, seed=seed).values()
+    return {**splits.patient_train_val_split(rest, val_fraction=0.125, seed=seed), 'test': test}
+
+def _fold(data: HAMData, split: str, f: int, patient_folds: list | None, seed: int, leaks: dict) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    "Fold `f` of a 5-fold split: its parts and helper images; the authors' image-level folds record their shared patients in `leaks`."
+    boxed = data.boxed
+    if split.startswith('patient_'):
+        p = patient_folds[f - 1] if split == 'patient_classification' else localization_parts(patient_folds[f - 1], boxed, seed=seed)
+        return p, sorted(set(p['train']['image']) & set(boxed))
+    authors = ham_split(data.table, split, f)
+    p = ({k: authors[k] for k in ('train', 'val', 'test')} if split == 'cv_classification' else   # the authors' val file
+         {**splits.patient_train_val_split(authors['train'], val_fraction=0.1, seed=seed), 'test': authors['test']})  # their val is the test
+    leaks[f'fold{f}'] = patient_overlap({k: v['image'] for k, v in p.items()})
+    return p, sorted(set(authors['helper']['image']) & set(p['train']['image']))
+
+def ham_folds(data: HAMData, # the run's images (`phantom_data`, `chexpert_data` or `nih_data`)
+              split: str, # a `SPLITS` name of the dataset (ignored for phantoms)
+              fold: int = 1, # 1 to 5, or 0: all five folds of a 5-fold split
+              seed: int = 0, # seeds the patient-level parts
+              extra_boxes: bool = False, # chexpert_localization: the boxed training images are helpers (Ours_extra)
+             ) -> HAMFolds:
+    "The train/val/test parts and helper images of the paper's data setting `split` (one fold, or all five)."
+    table, boxed, leaks, note = data.table, data.boxed, {}, ''
+    if data.source == 'phantom': folds = {'': (_three_way(table, seed), [])}
+    elif data.source == 'chexpert' and split == 'official':
+        folds = {'': ({**splits.patient_train_val_split(data.parts['train'], val_fraction=0.1, seed=seed), 'test': data.parts['valid']}, [])}
+    elif data.source == 'chexpert':
+        p = chexpert_localization_parts(data.parts['train'], data.parts['valid'], boxed, seed=seed)
+        folds = {'': (p, sorted(set(p['train']['image']) & set(boxed)) if extra_boxes else [])}
+    elif split == 'official': folds = {'': (data.parts, [])}
+    elif split == 'without_bboxes':
+        boxed_patients = set(splits.patient_keys(table[table['image'].isin(boxed)]))
+        clean = table[~splits.patient_keys(table).isin(boxed_patients)]
+        note = f"without_bboxes: {len(table) - len(boxed) - len(clean)} training images dropped: their patients have boxed test images"
+        folds = {'': ({**splits.patient_train_val_split(clean, val_fraction=0.1, seed=seed), 'test': table[table['image'].isin(boxed)].reset_index(drop=True)}, [])}
+    else:
+        patient_folds = patient_ham_folds(table, boxed, seed=seed) if split.startswith('patient_') else None
+        folds = {f'fold{f}': _fold(data, split, f, patient_folds, seed, leaks) for f in (range(1, 6) if fold == 0 else [fold])}
+    return HAMFolds(folds, leaks, note)
+

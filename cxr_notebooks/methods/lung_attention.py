@@ -6,6 +6,7 @@
 from __future__ import annotations
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Mapping, Sequence
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 from filelock import FileLock
+from matplotlib.figure import Figure
 from sklearn.metrics import accuracy_score, f1_score, precision_score, roc_auc_score
 from ..core import CXRDataError
 from ..data.datasets import make_dataloader, read_image
@@ -20,19 +22,22 @@ from ..data.labels import NO_FINDING
 from ..data.splits import check_patient_disjoint
 from ..eval.paper import Citation
 from ..explain.gradcam import grad_cam
-from ..losses.attention import ATTENTION_MEASURES, AttentionLoss, cam_mass_in_prior, in_prior_fraction, parse_lambda
+from ..losses.attention import ATTENTION_MEASURES, ATTENTION_VARIANTS, AttentionLoss, cam_mass_in_prior, in_prior_fraction, parse_lambda
 from ..metrics.classification import bootstrap_ci, confusion_metrics, youden_threshold
 from ..models.lungseg import LungSegmenter, lung_box, lung_segmenter
 from ..train.learner import predict
 from ..train.stages import Stage, StagesResult, stage_dataset, train_stages
+from ..viz.plots import plot_cam_grid
 
 # %% auto #0
 __all__ = ['PAPER', 'PROFILES', 'TASKS', 'TASK_LABELS', 'PAPER_MODELS', 'SWEEP_TABLES', 'LAMBDAS', 'NIH_PROTOCOLS',
-           'AUTHORS_SWAPS', 'CAM_TARGETS', 'SCHEDULES', 'SEED000_TABLE_METRICS', 'task_classes', 'parse_lambdas',
-           'prior_region', 'lung_boxes', 'image_finding', 'with_prior_masks', 'shared_patients', 'nih_task_split',
-           'task_summary', 'phantom_task_split', 'byo_task_split', 'check_cam_target', 'AttentionStep', 'val_accuracy',
-           'train_lung_attention', 'eval_loader', 'predict_probs', 'cam_in_prior', 'seed000_scores', 'seed000_table',
-           'validation_threshold']
+           'AUTHORS_SWAPS', 'CAM_TARGETS', 'SCHEDULES', 'SEED000_TABLE_METRICS', 'PRIOR_MEASURES', 'PAPER_SETTINGS',
+           'task_classes', 'parse_lambdas', 'prior_region', 'lung_boxes', 'image_finding', 'with_prior_masks',
+           'shared_patients', 'nih_task_split', 'task_summary', 'phantom_task_split', 'byo_task_split',
+           'check_cam_target', 'AttentionStep', 'val_accuracy', 'train_lung_attention', 'eval_loader', 'predict_probs',
+           'cam_in_prior', 'seed000_scores', 'seed000_table', 'validation_threshold', 'run_settings',
+           'train_and_evaluate', 'sweep_table', 'plot_priors', 'plot_in_prior', 'reading', 'cam_grid',
+           'table_consistency']
 
 # %% ../../nbs/methods/81_lung_attention.ipynb #24aa5942
 PAPER: dict = dict(seed='000', source='000_b327a660d03fbc7d.txt',
@@ -444,3 +449,160 @@ def seed000_table(y: np.ndarray, # class indices of the test images
 def validation_threshold(y_val: np.ndarray, probs_val: np.ndarray) -> float | None:
     "Youden's threshold on the validation part for a binary task, None (argmax) for more classes."
     return float(youden_threshold(np.asarray(y_val) == 1, np.asarray(probs_val)[:, 1])) if np.asarray(probs_val).shape[1] == 2 else None
+
+# %% ../../nbs/methods/81_lung_attention.ipynb #07da0dfe
+PRIOR_MEASURES: tuple[str, ...] = (*ATTENTION_MEASURES, 'mass_in_prior')
+#: our λ names -> the paper's column names in Tables III-IX
+PAPER_SETTINGS: dict[str, str] = {'1': 'lambda=1', '0.75': 'lambda=0.75', '0.5': 'lambda=0.5', '0.25': 'lambda=0.25', 'adaptive': 'lambda=adaptive'}
+
+def run_settings(lam: str | float, # one λ, a comma list, or 'all' (`parse_lambdas`)
+                 variant: str, # 'published', 'differentiable' or 'both'
+                 dataset: str = 'nih', # 'nih' or 'byo' (class folders at `data_root`)
+                 protocol: str = 'authors', # an `NIH_PROTOCOLS` name
+                 schedule: str = 'authors', # a `SCHEDULES` name
+                 cam_target: str = 'predicted', # 'predicted' or 'true'
+                 attention_measure: str = 'coverage', # 'coverage' or 'share'
+                 data_root: str | None = None, # needed by dataset='byo'
+                ) -> list[tuple[str, str]]:
+    "The trained `(λ, variant)` settings: λ = 1 once as `none`, every other λ per variant; `ValueError` naming a parameter the paper has no value for."
+    variants = list(ATTENTION_VARIANTS) if variant == 'both' else [variant]
+    if any(v not in ATTENTION_VARIANTS for v in variants): raise ValueError(f"variant={variant!r}: expected published, differentiable or both")
+    if dataset not in ('nih', 'byo'): raise ValueError(f"dataset={dataset!r}: expected nih or byo")
+    if dataset == 'byo' and not data_root: raise ValueError("dataset='byo' needs data_root: a folder with train/val/test sub-folders of class folders")
+    if protocol not in NIH_PROTOCOLS: raise ValueError(f"protocol={protocol!r}: expected one of {', '.join(NIH_PROTOCOLS)}")
+    if schedule not in SCHEDULES: raise ValueError(f"schedule={schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    check_cam_target(cam_target); AttentionLoss(measure=attention_measure)
+    return [(l, 'none' if l == '1' else v) for l in parse_lambdas(lam) for v in (['none'] if l == '1' else variants)]
+
+def train_and_evaluate(lam: str, # a λ name ('1', '0.5', 'adaptive', ...)
+                       variant: str, # 'none' (λ = 1), 'published' or 'differentiable'
+                       parts: Mapping[str, pd.DataFrame], # train/val/test tables with prior `mask_path` (`with_prior_masks`)
+                       classes: Sequence[str], # task classes, No Finding first
+                       out_dir: str | Path, # the run folder: this setting trains in `out_dir/<setting>`
+                       cfg: SimpleNamespace, # the run's settings: threshold, temperature, attention_measure, backbone, image_size, batch_size, epochs, lr, cam_layer, cam_target, schedule, pretrained, weights, on_missing_weights, seed, num_workers, n_bootstrap
+                       device: str | None = None, # default: CUDA when available
+                      ) -> dict:
+    "Train one setting, then its test metrics (CIs), its threshold and its Grad-CAM against the prior (each `PRIOR_MEASURES` with a CI)."
+    name = f'lambda{lam}' + ('' if variant == 'none' else f'_{variant}')
+    out = Path(out_dir) / name
+    loss_fn = AttentionLoss(lam, 'published' if variant == 'none' else variant, cfg.threshold, cfg.temperature, cfg.attention_measure)
+    res = train_lung_attention(parts['train'], parts['val'], classes, loss_fn, out, cfg.backbone, cfg.image_size, cfg.batch_size, cfg.epochs, cfg.lr,
+                               cfg.cam_layer, cfg.cam_target, cfg.schedule, pretrained=cfg.pretrained, weights=cfg.weights,
+                               on_missing_weights=cfg.on_missing_weights, seed=cfg.seed, device=device, num_workers=cfg.num_workers, progress=False)
+    model, test = res.stage_models[-1], parts['test']
+    y = {k: parts[k][list(classes)].to_numpy().argmax(1) for k in ('val', 'test')}
+    p = {k: predict_probs(model, parts[k], classes, cfg.image_size, device=device, num_workers=cfg.num_workers) for k in ('val', 'test')}
+    thr = validation_threshold(y['val'], p['val'])
+    metrics = seed000_table(y['test'], p['test'], thr, test['patient_id'].to_numpy(), cfg.n_bootstrap, cfg.seed)
+    cams = cam_in_prior(model, test, classes, cfg.image_size, cfg.threshold, cfg.cam_layer, cfg.cam_target, device=device, num_workers=cfg.num_workers)
+    ci = {c: bootstrap_ci(np.zeros(len(cams)), cams[c].to_numpy(), lambda _, v: float(np.mean(v)), cfg.n_bootstrap, cfg.seed) for c in PRIOR_MEASURES}
+    ci['in_prior'] = ci[cfg.attention_measure]                        # the run's own measure, under one name for the tables
+    pd.DataFrame({'image': test['image'], 'patient_id': test['patient_id'], 'y': y['test'], **{f'y_{c}': (y['test'] == k).astype(float) for k, c in enumerate(classes)},
+                  **{f'p_{c}': p['test'][:, k] for k, c in enumerate(classes)}}).to_csv(out / 'test_predictions.csv', index=False)
+    metrics.to_csv(out / 'test_metrics.csv', index=False); cams.to_csv(out / 'test_cams.csv', index=False)
+    return dict(setting=name, lam=lam, variant=variant, threshold=thr, model=model, history=res.history, metrics=metrics, cams=cams,
+                epochs_run=len(res.history), **{c: v.value for c, v in ci.items()}, **{f'{c}_low': v.low for c, v in ci.items()},
+                **{f'{c}_high': v.high for c, v in ci.items()})
+
+def sweep_table(results: Sequence[dict]) -> pd.DataFrame:
+    "One row per trained setting (`train_and_evaluate` results): its prior measures and every metric, each with its CI."
+    prior = [f'{c}{s}' for c in ('in_prior', *PRIOR_MEASURES) for s in ('', '_low', '_high')]
+    return pd.DataFrame([{k: r[k] for k in ('setting', 'lam', 'variant', 'threshold', 'epochs_run', *prior)}
+                         | {f'{m}{s}': v for s, col in (('', 'value'), ('_low', 'low'), ('_high', 'high')) for m, v in zip(r['metrics']['metric'], r['metrics'][col])}
+                         for r in results])
+
+
+# %% ../../nbs/methods/81_lung_attention.ipynb #39f1e0a3
+from matplotlib.patches import Rectangle
+
+_MEASURE_LABELS = {'coverage': 'coverage of the prior by Grad-CAM > τ', 'share': 'share of Grad-CAM > τ inside the prior'}
+
+def plot_priors(test: pd.DataFrame, # test table from `with_prior_masks`
+                classes: Sequence[str], # task classes, No Finding first
+                image_size: int, # model input side
+                path: str | Path | None = None, # save the figure here
+               ) -> Figure:
+    "Two test images of each finding with their prior region (red) and lung box (green), as `with_prior_masks` made them."
+    show = pd.concat([test[test['finding'] == f].head(2) for f in classes[1:]])
+    fig = Figure(figsize=(2.8 * max(len(show), 1), 3)); axs = fig.subplots(1, max(len(show), 1), squeeze=False)[0]
+    for ax, (_, r) in zip(axs, show.iterrows()):
+        ax.imshow(read_image(r.path, image_size), cmap='gray'); ax.imshow(read_image(r.mask_path), cmap='Reds', alpha=0.3)
+        x0, y0, x1, y1 = r.lung_box; ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec='lime'))
+        ax.set_title(f'{r.finding}: prior (red), lung box', fontsize=8); ax.axis('off')
+    if path is not None: fig.savefig(path, dpi=80)
+    return fig
+
+def plot_in_prior(sweep: pd.DataFrame, # `sweep_table`
+                  measure: str, # the run's attention_measure: 'coverage' or 'share'
+                  setup: str, # the run's setup line (the title)
+                  path: str | Path | None = None, # save the figure here
+                 ) -> Figure:
+    "The in-prior measure of every setting per λ with its CI, one series per variant, λ = 1 as a dashed line."
+    fig = Figure(figsize=(6, 3.2)); ax = fig.subplots()
+    for k, (v, d) in enumerate((v, d) for v, d in sweep.groupby('variant', sort=False) if v != 'none'):
+        ax.errorbar(np.arange(len(d)) + 0.1 * k, d['in_prior'], yerr=[d['in_prior'] - d['in_prior_low'], d['in_prior_high'] - d['in_prior']],
+                    fmt='o', capsize=3, label=v)
+        ax.set_xticks(np.arange(len(d)), d['lam'])
+    base = sweep[sweep['lam'] == '1']
+    if len(base): ax.axhline(base['in_prior'].iloc[0], color='grey', ls='--', label='λ = 1 (cross-entropy)')
+    ax.set_xlabel('λ'); ax.set_ylabel(_MEASURE_LABELS[measure], fontsize=8); ax.legend(fontsize=8); ax.set_title(setup[:90], fontsize=7)
+    fig.tight_layout()
+    if path is not None: fig.savefig(path, dpi=80)
+    return fig
+
+def reading(sweep: pd.DataFrame, measure: str, setup: str) -> str:
+    "Markdown statements about a run, each computed from its `sweep_table`."
+    learnt = sweep[sweep['auc_low'] > 0.5]
+    lines = [f"**Run:** {setup}; {len(sweep)} setting(s), epochs run {sweep['epochs_run'].tolist()}.",
+             (f"- **No classifier learnt the task** at this budget: every test AUC CI contains 0.5 "
+              f"(AUCs {', '.join(f'{a:.3f}' for a in sweep['auc'])}); Grad-CAM of a model at chance says little about attention to a lesion."
+              if learnt.empty else
+              f"- Learnt the task (test AUC CI above 0.5): {', '.join(f'{r.setting} {r.auc:.3f} [{r.auc_low:.3f}, {r.auc_high:.3f}]' for r in learnt.itertuples())}.")]
+    base = sweep[sweep['lam'] == '1']
+    if base.empty: return '\n'.join(lines + ["- No λ = 1 run in this sweep: nothing to compare the attention settings with."])
+    b = base.iloc[0]
+    for r in sweep[sweep['lam'] != '1'].itertuples():
+        apart = r.in_prior_low > b.in_prior_high or r.in_prior_high < b.in_prior_low
+        lines.append(f"- {r.setting}: {measure} {r.in_prior:.3f} [{r.in_prior_low:.3f}, {r.in_prior_high:.3f}] vs λ = 1 "
+                     f"{b.in_prior:.3f} [{b.in_prior_low:.3f}, {b.in_prior_high:.3f}]: {r.in_prior - b.in_prior:+.3f}, "
+                     + ('CIs apart' if apart else 'CIs overlap') + f"; AUC {r.auc:.3f} vs {b.auc:.3f}."
+                     + (" The published term has no gradient: a difference from λ = 1 here is the drift of two trainings, not attention."
+                        if r.variant == 'published' and apart else ''))
+    return '\n'.join(lines)
+
+def cam_grid(result: dict, # one `train_and_evaluate` result
+             test: pd.DataFrame, # the test table (with `lung_box` and prior masks)
+             classes: Sequence[str], # task classes, No Finding first
+             cfg: SimpleNamespace, # image_size, cam_layer, cam_target, attention_measure
+             path: str | Path | None = None, # save the figure here
+            ) -> Figure | None:
+    "Grad-CAM of one setting on up to eight test positives, with the lung box and the setting's in-prior measure (None without positives)."
+    pos = test[test['finding'].notna()].head(8)
+    if pos.empty: return None
+    batch = next(iter(eval_loader(pos, classes, cfg.image_size, None, len(pos), 0)))
+    model = result['model'].eval(); dev = next(model.parameters()).device
+    target = None if cfg.cam_target == 'predicted' else batch['label'].argmax(1).to(dev)
+    cams, _ = grad_cam(model, batch['image'].as_subclass(torch.Tensor).to(dev), target, layer=cfg.cam_layer, create_graph=False)
+    share = result['cams'].set_index('image')[cfg.attention_measure]
+    return plot_cam_grid([read_image(p, cfg.image_size) for p in pos['path']], list(cams.detach().cpu().numpy()),
+                         [f"{f}: {cfg.attention_measure} {share.get(i, np.nan):.2f}" for f, i in zip(pos['finding'], pos['image'])],
+                         boxes=[np.array([b]) for b in pos['lung_box']], path=path)
+
+
+# %% ../../nbs/methods/81_lung_attention.ipynb #4552a2ef
+def table_consistency(ref: pd.DataFrame) -> pd.DataFrame:
+    "For each split, task, model and Table I/II column: the columns of its sweep table with the same sensitivity and specificity (`found_in`)."
+    checks = []
+    for (split, task), table in SWEEP_TABLES.items():
+        for model in PAPER_MODELS.values():
+            lab = TASK_LABELS[task]
+            a = ref[(ref.table == ('Table I' if split == 'ottawa' else 'Table II')) & (ref.model == model) & (ref.label == lab)]
+            b = ref[(ref.table == table) & (ref.model == model) & (ref.label == lab)]
+            for setting in (('cross-entropy', 'proposed loss') if len(a) else ()):
+                s = a[a.setting == setting].set_index('metric')['value']
+                hit = [c for c, g in b.groupby('setting') for g in [g.set_index('metric')['value']]
+                       if (abs(g['accuracy'] - s['sensitivity']) < 1e-9 if task == '3class' else
+                           abs(g['sensitivity'] - s['sensitivity']) < 1e-9 and abs(g['specificity'] - s['specificity']) < 1e-9)]
+                checks.append(dict(split=split, task=task, model=model, column=setting, sweep_table=table, found_in=', '.join(hit) or '—'))
+    return pd.DataFrame(checks)
+

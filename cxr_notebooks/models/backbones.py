@@ -137,7 +137,7 @@ class LoadedWeights:
         if self.source is None: return 'none: from scratch' + (' (ImageNet weights asked for, not loaded)' if self.asked else '')
         return f"{self.source} (sha256 {self.sha256[:12] if self.sha256 else 'unknown'})"
 
-WEIGHTS_LOG: list[LoadedWeights] = []  # every `create_model` call of this process, in order
+WEIGHTS_LOG: list[LoadedWeights] = []  # every `create_model` call of this process (but those with `log=False`), in order
 
 _SHA256: dict[tuple, str] = {}
 
@@ -188,6 +188,7 @@ def create_model(name: str,                            # a registered backbone o
                  on_missing_weights: str = 'raise',    # 'raise' `PretrainedWeightsUnavailable`, or 'warn' and train from scratch
                  in_chans: int = 3,                    # input channels (ImageNet stems are adapted by timm)
                  drop_rate: float = 0.0,               # dropout before the classifier
+                 log: bool = True,                     # append what was loaded to `WEIGHTS_LOG` (False: a model only measured, never trained)
                  **kwargs,                             # passed to `timm.create_model`
                 ) -> nn.Module:
     "A registered backbone from timm with a `num_classes` head; `pretrained`/`weights` load ImageNet weights or fail loudly."
@@ -213,6 +214,6 @@ def create_model(name: str,                            # a registered backbone o
     if spec.prepare: spec.prepare(model)
     model.cxr_backbone, model.pretrained_loaded, model.pretrained_source = key, source is not None, source
     model.pretrained_weights = LoadedWeights(key, source, file_sha256(file) if source and file else None, bool(want))
-    WEIGHTS_LOG.append(model.pretrained_weights)
+    if log: WEIGHTS_LOG.append(model.pretrained_weights)
     if want and source is None: _missing_weights(key, reason, on_missing_weights)
     return model

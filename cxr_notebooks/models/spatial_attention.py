@@ -86,7 +86,7 @@ def attention_overhead(backbones: Sequence[str] = SA_BACKBONES, image_size: int 
     for b in backbones:
         out = {'backbone': b}
         for suffix in ('', '_sa'):
-            model, shapes = create_model(f'{b}{suffix}', num_classes).eval(), []
+            model, shapes = create_model(f'{b}{suffix}', num_classes, log=False).eval(), []
             hooks = [a.register_forward_pre_hook(lambda m, args: shapes.append(args[0].shape[1:])) for a in getattr(model, 'spatial_attn', {}).values()]
             with torch.no_grad(), FlopCounterMode(display=False) as fc: model(torch.zeros(1, 3, image_size, image_size))
             for h in hooks: h.remove()

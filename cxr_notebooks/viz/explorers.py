@@ -4,7 +4,8 @@
 
 # %% ../../nbs/viz/71_explorers.ipynb #c51e2955
 from __future__ import annotations
-import html, io, os
+import html, io, json, os
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
@@ -20,11 +21,19 @@ from ..metrics.localization import heatmap_to_box, box_iou, box_ior
 from ..explain.cams import compute_cam, overlay_cam
 
 # %% auto #0
-__all__ = ['HEADLESS_ENV', 'frontend_attached', 'interact_or_static', 'figure_png', 'Explorer', 'ThresholdExplorer', 'CAMBrowser',
-           'model_cams', 'GridExplorer']
+__all__ = ['HEADLESS_ENV', 'RUN_RECORD', 'CAM_BROWSER_FILE', 'load_run_record', 'frontend_attached', 'interact_or_static',
+           'figure_png', 'Explorer', 'ThresholdExplorer', 'CAMBrowser', 'model_cams', 'GridExplorer']
 
 # %% ../../nbs/viz/71_explorers.ipynb #bd30e808
 HEADLESS_ENV = 'CXR_NOTEBOOKS_HEADLESS'
+#: what a finished run folder holds for the explorers: the record (`reproduce.kit.write_record`) and the CAM browser's arrays (`CAMBrowser.save`)
+RUN_RECORD, CAM_BROWSER_FILE = 'metrics.json', 'cam_browser.npz'
+
+def load_run_record(out_dir: str | Path) -> dict:
+    "The `metrics.json` of a finished run folder (`CXRDataError` naming the file when it is missing)."
+    f = Path(out_dir) / RUN_RECORD
+    if not f.is_file(): raise CXRDataError(f"{f} does not exist; expected the folder of a finished reproduction run (it writes {RUN_RECORD} last)")
+    return json.loads(f.read_text())
 
 def frontend_attached() -> bool:
     "Whether widgets can be shown: inside a Jupyter kernel and not marked headless (`CXR_NOTEBOOKS_HEADLESS=1`)."
@@ -125,6 +134,14 @@ class ThresholdExplorer(Explorer):
         if missing or not labels: raise CXRDataError(f"prediction table lacks column(s) {missing or ['y_<label>', 'p_<label>']}")
         return cls(pred[[f'y_{l}' for l in labels]].to_numpy(float), pred[[f'p_{l}' for l in labels]].to_numpy(float), labels, **kwargs)
 
+    @classmethod
+    def from_run(cls, out_dir: str | Path, labels: Sequence[str] | None = None, **kwargs) -> ThresholdExplorer:
+        "From a finished run folder: the test prediction CSV its `metrics.json` names (`kit.write_record(predictions=...)`)."
+        rec = load_run_record(out_dir)
+        if not rec.get('predictions'):
+            raise CXRDataError(f"{Path(out_dir) / RUN_RECORD} names no test prediction file ('predictions'); this notebook does not record one")
+        return cls.from_predictions(pd.read_csv(Path(out_dir) / rec['predictions']), labels, **kwargs)
+
     def options(self) -> dict:
         lo, hi = np.nanmin(self.y_score), np.nanmax(self.y_score)
         return {'label': self.labels, 'threshold': (float(lo), float(hi), float(hi - lo) / 200 or 0.01)}
@@ -197,6 +214,27 @@ class CAMBrowser(Explorer):
         self.images, self.cams, self.labels, self.names, self.boxes, self.alpha = list(images), cams, list(labels), names, boxes, alpha
         self.label, self.image, self.threshold = self.labels[0], names[0], float(threshold)
 
+    def save(self, out_dir: str | Path) -> Path:
+        "Write the browser's arrays (images, CAMs, names, labels, boxes) to `out_dir/cam_browser.npz`, for `from_run`."
+        b = self.boxes
+        f = Path(out_dir) / CAM_BROWSER_FILE
+        np.savez_compressed(f, cams=self.cams, labels=np.array(self.labels, str), names=np.array(self.names, str), threshold=self.threshold,
+                            state=np.array([self.label, self.image], str),
+                            box_image=b['image'].astype(str).to_numpy(str), box_label=b['label'].astype(str).to_numpy(str),
+                            box_xyxy=b[list(XYXY_COLUMNS)].to_numpy(float).reshape(-1, 4), **{f'image_{i}': im for i, im in enumerate(self.images)})
+        return f
+
+    @classmethod
+    def from_run(cls, out_dir: str | Path, **kwargs) -> CAMBrowser:
+        "The browser a finished run saved (`save`), in the state it was saved in: no model, checkpoint or image reading needed."
+        f = Path(out_dir) / CAM_BROWSER_FILE
+        if not f.is_file(): raise CXRDataError(f"{f} does not exist; expected a run whose notebook saved its CAM browser (`CAMBrowser.save`)")
+        with np.load(f, allow_pickle=False) as z:
+            text = lambda k: [str(v) for v in z[k]]
+            boxes = pd.DataFrame({'image': text('box_image'), 'label': text('box_label'), **dict(zip(XYXY_COLUMNS, z['box_xyxy'].T))}, columns=list(BOX_COLUMNS))
+            images, (label, image) = [z[f'image_{i}'] for i in range(len(z['names']))], text('state')
+            return cls(images, z['cams'], text('labels'), text('names'), boxes, **{'threshold': float(z['threshold']), **kwargs}).set(label=label, image=image)
+
     def options(self) -> dict:
         return {'label': self.labels, 'image': self.names, 'threshold': (0.05, 1.0, 0.05)}
 
@@ -267,6 +305,17 @@ class GridExplorer(Explorer):
         self.runs = runs.reset_index(drop=True)
         self.metric, self.axis = self.metrics[0], self.axes[0]
         self.set(metric=metric, axis=axis)
+
+    @classmethod
+    def from_summary(cls, summary: pd.DataFrame, **kwargs) -> GridExplorer:
+        "From a grid folder's run table (`reproduce.grid.grid_summary(grid_dir)`): the finished runs' headline with its CI against the grid's parameters."
+        require = [c for c in ('run', 'status', 'metric', 'value', 'low', 'high') if c not in summary.columns]
+        if require: raise CXRDataError(f"summary lacks column(s) {require}; expected the table of reproduce.grid.grid_summary")
+        cols = list(summary.columns)
+        axes, done = cols[cols.index('run') + 1:cols.index('status')], summary[summary['value'].notna()]
+        if done.empty: raise CXRDataError("no finished run with a headline metric in this grid; nothing to explore")
+        m = str(done['metric'].iloc[0])
+        return cls(done[axes].assign(**{m: done['value'], f'{m}_low': done['low'], f'{m}_high': done['high']}), axes=axes, **kwargs)
 
     def options(self) -> dict: return {'metric': self.metrics, 'axis': self.axes}
 
