@@ -18,6 +18,7 @@ to execute is shown unexecuted with a warning (`--strict`: the build fails)."""
 from __future__ import annotations
 import fnmatch, html, os, re, shutil, subprocess, sys, time, warnings
 from pathlib import Path
+from urllib.parse import unquote
 
 import nbformat, yaml
 from execnb.nbio import mk_cell, read_nb, write_nb
@@ -178,12 +179,24 @@ def build_offline(cfg, nbs: Path, out: Path, execute: list[str] | None = None,
         up = '../' * p.count('/')
         body = body.replace(f'href="{cfg.doc_host}{cfg.doc_baseurl}/', f'href="{up}')   # nbdev's doc links: to this copy
         body = re.sub(r'href="(?!https?:|#|/)([^"#]+?\.ipynb)', lambda m: f'href="{html_name(m.group(1))}', body)  # as Quarto does
+        body = re.sub(r'href="(?![a-z]+:|#|/)([^"#]+)"', lambda m: repo_link(cfg, nbs, p, m), body)   # repository files: on GitHub
         body = body.replace('</head>', STYLE + '</head>', 1)
         body = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + nav(sections, p, titles) + head, body, count=1)
         dest = out / html_name(p); dest.parent.mkdir(parents=True, exist_ok=True); dest.write_text(body)
         written.append(dest)
     shutil.copy(nbs / 'styles.css', out / 'styles.css')
     return written, degraded
+
+
+def repo_link(cfg, nbs: Path, page: str, m: re.Match) -> str:
+    "A relative link to a file of the repository that the site does not hold (README's `data/PROVENANCE.md`): to its page on GitHub."
+    target = unquote(m.group(1))
+    if target.endswith('.html'): return m.group(0)
+    root = Path(cfg.config_path).resolve()
+    for base in (nbs / Path(page).parent, root):                # as the notebook sees it, or as README (the repository root) does
+        f = (base / target).resolve()
+        if f.exists() and f.is_relative_to(root): return f'href="{cfg.git_url}/blob/{cfg.branch}/{f.relative_to(root).as_posix()}"'
+    return m.group(0)
 
 
 def _option(argv: list[str], name: str) -> list[str] | None:

@@ -126,3 +126,16 @@ def test_site_pages_render_in_chromium(site, chromium, tmp_path, page, expected)
     browse(chromium, site / page, tmp_path, f'--screenshot={shot}', '--window-size=1280,1600', '--hide-scrollbars')
     img = Image.open(shot).convert('L')
     assert img.size == (1280, 1600) and len(img.getcolors(maxcolors=1 << 16) or range(99)) > 20   # text and layout, not blank
+
+
+def test_repository_files_are_linked_on_github():
+    "README's `data/PROVENANCE.md` is not part of the site: the page links to the file on GitHub; site pages and web links stay."
+    sys.path.insert(0, str(NBS))
+    from _site import repo_link
+    from nbdev.config import get_config
+    cfg, pat = get_config(), re.compile(r'href="(?![a-z]+:|#|/)([^"#]+)"')
+    link = lambda page, href: repo_link(cfg, NBS, page, pat.search(f'href="{href}"'))
+    assert link('index.ipynb', 'data/PROVENANCE.md') == f'href="{cfg.git_url}/blob/{cfg.branch}/data/PROVENANCE.md"'
+    assert link('repro/002_aggregate_method.ipynb', '../../settings.ini') == f'href="{cfg.git_url}/blob/{cfg.branch}/settings.ini"'
+    assert link('index.ipynb', 'viz/explorers.html') == 'href="viz/explorers.html"'
+    assert link('index.ipynb', 'no/such/file.md') == 'href="no/such/file.md"'

@@ -7,7 +7,7 @@ from cxr_notebooks.reproduce.kit import check_record
 from cxr_notebooks.reproduce.reference import reference_values
 from cxr_notebooks.reproduce.runner import ReproductionFailed, run_reproduction
 
-TINY = dict(profile='smoke', dataset='chexpert', image_size=32, epochs=1, batch_size=16, n_bootstrap=20, num_workers=0,
+TINY = dict(profile='smoke', dataset='chexpert', image_size=48, epochs=1, batch_size=16, n_bootstrap=20, num_workers=0,
             show_test_selection=False)
 
 
