@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 # %% auto #0
-__all__ = ['DATA_ENV_VAR', 'CXRDataError', 'require_columns', 'resource_dir', 'embedded_data_dir', 'Registry',
+__all__ = ['DATA_ENV_VAR', 'HEADLESS_ENV', 'CXRDataError', 'require_columns', 'resource_dir', 'embedded_data_dir', 'Registry',
            'atomic_write_text', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #04a0a293
@@ -54,6 +54,10 @@ def embedded_data_dir() -> Path:
     if not (d / 'nih' / 'subset.csv').is_file():
         raise FileNotFoundError(f"embedded data incomplete in {d}: expected nih/subset.csv; reinstall cxr_notebooks")
     return d
+
+# %% ../nbs/00_core.ipynb #e256513c
+#: Set (to anything but `0`) for kernels with no front-end: widgets then draw static figures (`viz.explorers`).
+HEADLESS_ENV = 'CXR_NOTEBOOKS_HEADLESS'
 
 # %% ../nbs/00_core.ipynb #43ebbb3d
 def _norm(name: str) -> str: return ''.join(ch for ch in str(name).lower() if ch.isalnum() or ch in '+*')

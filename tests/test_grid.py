@@ -6,7 +6,7 @@ import pytest
 import yaml
 from cxr_notebooks.reproduce import grid as G
 from cxr_notebooks.reproduce import kit
-from cxr_notebooks.reproduce.runner import ReproductionFailed
+from cxr_notebooks.reproduce.runner import ReproductionFailed, RunConfigMismatch, check_run_config
 
 ROOT = Path(__file__).parents[1]
 SMOKE = {'profile': 'smoke', 'epochs': 1, 'image_size': 32}
@@ -91,7 +91,7 @@ class FakeRunner:
     def __init__(self): self.calls = []
     def __call__(self, name, out_dir, parameters, html=True, progress=True, cwd=None):
         self.calls.append(Path(out_dir).name); out = Path(out_dir)
-        kit.check_run_config(out, G._result_parameters(parameters))
+        check_run_config(out, G._result_parameters(parameters))
         if parameters.get('loss') == 'focal': raise ReproductionFailed('CXRDataError', 'no positives\n  more detail', out / 'nb.ipynb')
         if parameters.get('loss') == 'cb-bce': raise FileNotFoundError('weights.pt is missing')
         rec = {'schema': kit.RECORD_SCHEMA, 'paper': {}, 'notebook': '002', 'profile': 'smoke', 'seed': 0, 'setup': 's', 'config': {},
@@ -129,7 +129,7 @@ def test_changed_shared_parameter_stops_before_touching_grid_json(tmp_path, fake
     G.run_grid(spec, tmp_path, workers=1, progress=False)
     before = {f: (tmp_path / f).read_bytes() for f in ('grid.json', 'loss=bce/metrics.json', 'loss=bce/run_config.json')}
     fake.calls.clear()
-    with pytest.raises(kit.RunConfigMismatch) as e:
+    with pytest.raises(RunConfigMismatch) as e:
         G.run_grid({**spec, 'parameters': {**SMOKE, 'epochs': 2}}, tmp_path, workers=1, progress=False)
     msg = str(e.value)
     assert msg.startswith(f"grid {tmp_path.name}: 2 run folder(s) hold runs with other parameters") and 'epochs: 1 there, 2 now' in msg
@@ -196,7 +196,7 @@ def test_real_grid_resumes_without_rerunning(smoke_grid):
     # a changed shared parameter: every folder holds another run; stops naming it, starting nothing, grid.json untouched
     changed = {**smoke_grid.spec, 'parameters': {**smoke_grid.spec['parameters'], 'epochs': 2}}
     status = (out / 'grid.json').read_bytes()
-    with pytest.raises(kit.RunConfigMismatch, match='epochs: 1 there, 2 now'): G.run_grid(changed, out, workers=2, progress=False)
+    with pytest.raises(RunConfigMismatch, match='epochs: 1 there, 2 now'): G.run_grid(changed, out, workers=2, progress=False)
     assert (out / 'grid.json').read_bytes() == status
     # the original spec again: the four finished runs are skipped, the failed one is tried again (and fails again)
     res = G.run_grid(smoke_grid.spec, out, workers=2, progress=False)

@@ -52,24 +52,44 @@ def test_package_imports_without_dev_tools():
     assert r.returncode == 0, r.stderr
 
 
-def _imported_packages(path: Path, module: str) -> set[str]:
-    "The cxr_notebooks subpackages (first component) that `module` imports, relative or absolute, at any depth."
+def _imported_modules(path: Path, module: str, known: set[str] | None = None) -> set[str]:
+    "The cxr_notebooks modules or packages (dotted, without the prefix) that `module` imports, relative or absolute, at any depth."
+    known = set(_modules()) if known is None else known
     here = module.split('.')
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against the module's package
-                base = here[:len(here) - node.level]
-                target = base + (node.module.split('.') if node.module else [])
-                names = [target] if target else [[a.name] for a in node.names]
+                target = here[:len(here) - node.level] + (node.module.split('.') if node.module else [])
             elif node.module and node.module.split('.')[0] == 'cxr_notebooks':
                 target = node.module.split('.')[1:]
-                names = [target] if target else [[a.name] for a in node.names]
             else: continue
-            out.update(n[0] for n in names if n)
+            for a in node.names:  # `from P import m` imports the module P.m when there is one, else names of P
+                sub = '.'.join(target + [a.name])
+                out.add(sub if sub in known or not target else '.'.join(target))
         elif isinstance(node, ast.Import):
-            out.update(a.name.split('.')[1] for a in node.names if a.name.startswith('cxr_notebooks.'))
+            out.update(a.name.split('.', 1)[1] for a in node.names if a.name.startswith('cxr_notebooks.'))
     return out
+
+
+def _imported_packages(path: Path, module: str) -> set[str]:
+    "The cxr_notebooks subpackages (first component) that `module` imports, relative or absolute, at any depth."
+    return {m.split('.')[0] for m in _imported_modules(path, module)}
+
+
+def _import_cycles(modules: dict[str, Path]) -> list[str]:
+    "One cycle `a -> b -> a` for each set of `modules` that import each other (module-level or inside a function)."
+    graph = {m: _imported_modules(p, m, set(modules)) & set(modules) - {m} for m, p in modules.items()}
+    cycles, state = [], {}
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 'open'; stack.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == 'open': cycles.append(' -> '.join(stack[stack.index(d):] + [d]))
+            elif d not in state: visit(d, stack)
+        stack.pop(); state[m] = 'done'
+    for m in sorted(graph):
+        if m not in state: visit(m, [])
+    return cycles
 
 
 def test_layers_cover_every_subpackage():
@@ -79,7 +99,7 @@ def test_layers_cover_every_subpackage():
 
 
 def test_imports_run_one_way():
-    "No module imports a package on a higher layer, or a peer on its own layer."
+    "No module imports a package on a higher layer, or a peer on its own layer; no modules import each other in a cycle."
     back = []
     for mod, path in _modules().items():
         pkg = mod.split('.')[0]
@@ -87,6 +107,8 @@ def test_imports_run_one_way():
             if dep != pkg and dep in RANK and RANK[dep] >= RANK[pkg]:
                 back.append(f'{mod} -> {dep}')
     assert not back, f"imports that run against the layers {LAYERS}: {back}"
+    cycles = _import_cycles(_modules())   # within a subpackage: a cycle across two would be a back-arrow above
+    assert not cycles, f"modules that import each other (a function-level import too): {cycles}"
 
 
 def test_import_walker_catches_a_back_arrow(tmp_path):
@@ -95,3 +117,17 @@ def test_import_walker_catches_a_back_arrow(tmp_path):
     f.write_text("from ..reproduce.kit import x\ndef g():\n    import cxr_notebooks.train.learner\n"
                  "    from cxr_notebooks import viz\nfrom .labels import y\n")
     assert _imported_packages(f, 'data.nih') == {'reproduce', 'train', 'viz', 'data'}
+
+
+def test_cycle_detector_catches_a_cycle(tmp_path):
+    "A cycle held open by a function-level import, relative or absolute, is found (so the test above can fail)."
+    files = {'reproduce.runner': "from ..core import x\ndef main():\n    from cxr_notebooks.reproduce.grid import run_grid\n",
+             'reproduce.grid': "from .runner import run_reproduction\n",
+             'reproduce.report': "from . import grid\n", 'core': ""}
+    mods = {}
+    for m, text in files.items():
+        mods[m] = tmp_path / f'{m}.py'; mods[m].write_text(text)
+    assert _imported_modules(mods['reproduce.report'], 'reproduce.report', set(mods)) == {'reproduce.grid'}
+    assert _import_cycles(mods) == ['reproduce.grid -> reproduce.runner -> reproduce.grid']
+    mods['reproduce.runner'].write_text("from ..core import x\n")
+    assert _import_cycles(mods) == []

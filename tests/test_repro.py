@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from cxr_notebooks.reproduce.kit import check_record
 from cxr_notebooks.reproduce.reference import reference_values
-from cxr_notebooks.reproduce.runner import (ReproductionFailed, check_parameters, main, notebook_parameters, repro_notebooks,
+from cxr_notebooks.reproduce.cli import main
+from cxr_notebooks.reproduce.runner import (ReproductionFailed, check_parameters, notebook_parameters, repro_notebooks,
                                            run_reproduction)
 from conftest import notebook_output_problems
 
@@ -88,7 +89,7 @@ def test_rerun_with_other_parameters_stops_and_names_them(smallest_run, tmp_path
     import shutil
     tmp_path = shutil.copytree(smallest_run('002'), tmp_path / 'run')
     before = (tmp_path / 'ours' / 'stage1' / 'last.pt').stat().st_mtime_ns
-    from cxr_notebooks.reproduce.kit import RunConfigMismatch
+    from cxr_notebooks.reproduce.runner import RunConfigMismatch
     with pytest.raises(RunConfigMismatch) as e:   # refused before a kernel starts
         run_reproduction('002', tmp_path, {**SMALLEST, 'max_images': 120, 'lr': 0.5}, html=False, progress=False)
     assert "lr: None there, 0.5 now" in str(e.value) or "lr: 0.001 there, 0.5 now" in str(e.value)

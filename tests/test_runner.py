@@ -6,13 +6,13 @@ import json, math, os, re, signal, subprocess, sys, time
 from pathlib import Path
 import nbformat
 import pytest
-from cxr_notebooks.reproduce.kit import INPUT_FINGERPRINTS, RunConfigMismatch, check_resume, check_run_config
-from cxr_notebooks.reproduce.runner import (ParameterRange, ReproductionFailed, check_parameters, main, notebook_parameters,
-                                           repro_notebooks, run_reproduction)
+from cxr_notebooks.reproduce.cli import main
+from cxr_notebooks.reproduce.runner import (INPUT_FINGERPRINTS, ParameterRange, ReproductionFailed, RunConfigMismatch, check_parameters,
+                                           check_resume, check_run_config, notebook_parameters, repro_notebooks, run_reproduction)
 
 ROOT = Path(__file__).parents[1]
 NOTEBOOKS = repro_notebooks()
-CLI = [sys.executable, '-c', 'import sys; from cxr_notebooks.reproduce.runner import main; sys.exit(main())']
+CLI = [sys.executable, '-m', 'cxr_notebooks.reproduce.cli']
 
 
 def _cli_error(capsys, *argv) -> str:
@@ -81,7 +81,7 @@ def test_a_bad_range_in_the_metadata_names_the_notebook_and_parameter(tmp_path):
 def test_booleans_are_read_as_people_write_them(tmp_path, capsys):
     nb = NOTEBOOKS['002']
     for text, value in (('False', False), ('false', False), ('no', False), ('0', False), ('True', True), ('yes', True), ('1', True)):
-        from cxr_notebooks.reproduce.runner import _parse_value
+        from cxr_notebooks.reproduce.cli import _parse_value
         assert check_parameters(nb, {'pretrained': _parse_value(text)}) == {'pretrained': value}, text
     err = _cli_error(capsys, 'run', '002', '--out', str(tmp_path), '-p', 'pretrained', 'maybe')
     assert "parameter pretrained: expected bool, got str 'maybe' (write -p pretrained true or -p pretrained false)" in err

@@ -11,8 +11,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 from ..core import CXRDataError, atomic_write_text
-from .kit import NON_RESULT_PARAMETERS, RunConfigMismatch, check_record, check_resume
-from .runner import ReproductionFailed, check_input_paths, check_parameters, reproduction_notebook, run_reproduction
+from .kit import check_record
+from .runner import (NON_RESULT_PARAMETERS, ReproductionFailed, RunConfigMismatch, check_input_paths,
+                                           check_parameters, check_resume, reproduction_notebook, run_reproduction)
 
 # %% auto #0
 __all__ = ['SPEC_KEYS', 'RESOURCE_KEYS', 'GRID_STATUS', 'GRID_PARAMETERS', 'GridSpec', 'read_grid_spec', 'run_name', 'GridRun',
@@ -130,7 +131,7 @@ def run_state(folder: str | Path, parameters: Mapping[str, Any]) -> tuple[str, s
     "`('finished', None)`, `('mismatch', message)` or `('todo', None)` for a run folder and the run's checked parameters."
     folder, wanted = Path(folder), _result_parameters(parameters)
     if not isinstance(_read_json(folder / 'run_config.json'), dict): return 'todo', None
-    try: check_resume(folder, parameters)   # the kit's comparison, input files' contents included
+    try: check_resume(folder, parameters)   # the runner's comparison, input files' contents included
     except RunConfigMismatch as e: return 'mismatch', str(e)
     record = _read_json(folder / 'metrics.json')
     try: check_record(record or {}, str(folder / 'metrics.json'))

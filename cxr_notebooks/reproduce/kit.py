@@ -19,92 +19,16 @@ from ..eval.paper import PaperColumn
 from ..eval.predictions import predict_table
 from ..models.backbones import WEIGHTS_LOG, LoadedWeights, weights_summary
 from .reference import reference_values
+from .runner import NON_RESULT_PARAMETERS, _jsonable, check_run_config, repro_notebooks
 from ..train.stages import Stage, StagesResult, image_cache, progressive_stages, train_stages
 from ..viz.plots import paper_vs_reproduced
 from .environment import mounted_dataset
 from ..data.cache import default_cache_dir
 
 # %% auto #0
-__all__ = ['NON_RESULT_PARAMETERS', 'INPUT_FINGERPRINTS', 'SPLITS', 'RECORD_SCHEMA', 'RECORD_KEYS', 'RunConfigMismatch',
-           'input_fingerprints', 'check_run_config', 'check_resume', 'Run', 'notebook_defaults', 'start_run',
-           'parameters_from', 'NIHData', 'load_nih_data', 'split_summary', 'read_split_file', 'make_split',
-           'kfold_parts', 'train_and_predict', 'compare_with_paper', 'kfold_auc', 'compare_metrics_with_paper',
-           'check_record', 'write_record']
-
-# %% ../../nbs/reproduce/91_kit.ipynb #52e76bb3
-import hashlib
-#: Parameters that do not change a run's results: not stored in `run_config.json`, never compared.
-NON_RESULT_PARAMETERS: tuple[str, ...] = ('out_dir', 'num_workers')
-#: The key of `run_config.json` holding the sha256 of the contents of every input file the configuration names.
-INPUT_FINGERPRINTS = 'input_sha256'
-_TABLES = ('*.csv', '*.csv.gz', '*.txt', '*.txt.gz')  # what a data folder's fingerprint covers (not its images)
-
-class RunConfigMismatch(ValueError):
-    "The output folder holds a run with other parameters; the message names them and how to start fresh."
-
-def _jsonable(v: Any) -> Any:
-    "`v` as it reads back from JSON (tuples become lists, paths strings)."
-    return json.loads(json.dumps(v, default=str))
-
-def _sha256(files: Sequence[Path]) -> str:
-    "sha256 over the names and contents of `files`."
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode() + b'\0')
-        with open(f, 'rb') as fh:
-            for block in iter(lambda: fh.read(1 << 20), b''): h.update(block)
-    return h.hexdigest()
-
-def input_fingerprints(config: Mapping[str, Any]) -> dict[str, str]:
-    "Parameter -> sha256 of the file its value names (split file, table, weights); for a folder, of its top-level tables (`*.csv`, `*.txt`, gzipped or not)."
-    out = {}
-    for k, v in config.items():
-        if k == INPUT_FINGERPRINTS or not isinstance(v, str) or not v or '\n' in v: continue
-        try:
-            p = Path(v)
-            files = [p] if p.is_file() else sorted(f for g in _TABLES for f in p.glob(g)) if p.is_dir() else []
-        except OSError: continue  # not a path (too long a name, ...)
-        if files: out[k] = _sha256(files)
-    return out
-
-def _fingerprinted(config: Mapping[str, Any]) -> dict:
-    "`config` as stored: JSON values plus the fingerprints of the input files it names (recomputed, never copied)."
-    config = {k: v for k, v in _jsonable(dict(config)).items() if k != INPUT_FINGERPRINTS}
-    prints = input_fingerprints(config)
-    return {**config, INPUT_FINGERPRINTS: prints} if prints else config
-
-def _difference(k: str, stored: Any, now: Any) -> str:
-    "One differing entry of two configurations, in words."
-    if k != INPUT_FINGERPRINTS: return f"{k}: {stored!r} there, {now!r} now"
-    stored, now = stored if isinstance(stored, dict) else {}, now if isinstance(now, dict) else {}
-    return '; '.join(f"the contents of {k2}'s file changed (sha256 {str(stored.get(k2))[:12]} there, {str(now.get(k2))[:12]} now)"
-                     for k2 in sorted(set(stored) | set(now)) if stored.get(k2) != now.get(k2))
-
-def check_run_config(out: Path, config: Mapping[str, Any]) -> None:
-    "Write `config` with its input files' sha256 to `out/run_config.json`, or check both equal the stored ones (`RunConfigMismatch` otherwise)."
-    f, config = Path(out) / 'run_config.json', _fingerprinted(config)
-    if f.is_file():
-        stored = json.loads(f.read_text())
-        diff = [k for k in sorted(set(stored) | set(config)) if stored.get(k, '<absent>') != config.get(k, '<absent>')]
-        if diff:
-            what = '; '.join(_difference(k, stored.get(k, '<absent>'), config.get(k, '<absent>')) for k in diff)
-            raise RunConfigMismatch(f"{out} holds a run with other parameters ({what}). Resuming would mix its checkpoints "
-                                    f"with this run. Start fresh with another output folder (--out / out_dir), or delete {out}.")
-        return
-    if any(Path(out).rglob('*.pt')):
-        raise RunConfigMismatch(f"{out} holds checkpoints but no run_config.json (an older or foreign run); "
-                                f"use another output folder (--out / out_dir), or delete {out}.")
-    Path(out).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(f, json.dumps(config, indent=1, sort_keys=True))
-
-def check_resume(out: Path, params: Mapping[str, Any]) -> None:
-    "Before a run starts: `RunConfigMismatch` when `out` holds a run whose stored configuration disagrees with the given (not None) `params`."
-    f = Path(out) / 'run_config.json'
-    try: stored = json.loads(f.read_text()) if f.is_file() else None
-    except ValueError: raise RunConfigMismatch(f"{f} does not parse; use another output folder (--out / out_dir), or delete {out}") from None
-    if isinstance(stored, dict):
-        given = {k: v for k, v in params.items() if v is not None and k not in NON_RESULT_PARAMETERS}
-        check_run_config(out, {**stored, **given})
+__all__ = ['SPLITS', 'RECORD_SCHEMA', 'RECORD_KEYS', 'Run', 'notebook_defaults', 'start_run', 'parameters_from', 'NIHData',
+           'load_nih_data', 'split_summary', 'read_split_file', 'make_split', 'kfold_parts', 'train_and_predict',
+           'compare_with_paper', 'kfold_auc', 'compare_metrics_with_paper', 'check_record', 'write_record']
 
 # %% ../../nbs/reproduce/91_kit.ipynb #0599c705
 @dataclass
@@ -138,7 +62,6 @@ class Run:
 def notebook_defaults(seed: str) -> dict[str, Any] | None:
     "The parameter defaults of the reproduction notebook of `seed` (its `parameters` cell), or None when there is none."
     import ast
-    from cxr_notebooks.reproduce.runner import repro_notebooks   # the runner finds the notebooks
     nb = repro_notebooks().get(str(seed))
     if nb is None: return None
     cell = next(c for c in json.loads(nb.path.read_text(encoding='utf-8'))['cells'] if 'parameters' in c['metadata'].get('tags', []))

@@ -14,18 +14,17 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 import seaborn as sns
 from sklearn.metrics import roc_curve
-from ..core import CXRDataError
+from ..core import CXRDataError, HEADLESS_ENV
 from ..data.contract import BOX_COLUMNS, XYXY_COLUMNS
 from ..metrics.classification import binary_confusion_metrics, youden_threshold
 from ..metrics.localization import heatmap_to_box, box_iou, box_ior
 from ..explain.cams import compute_cam, overlay_cam
 
 # %% auto #0
-__all__ = ['HEADLESS_ENV', 'RUN_RECORD', 'CAM_BROWSER_FILE', 'load_run_record', 'frontend_attached', 'interact_or_static',
-           'figure_png', 'Explorer', 'ThresholdExplorer', 'CAMBrowser', 'model_cams', 'GridExplorer']
+__all__ = ['RUN_RECORD', 'CAM_BROWSER_FILE', 'load_run_record', 'frontend_attached', 'interact_or_static', 'figure_png',
+           'Explorer', 'ThresholdExplorer', 'CAMBrowser', 'model_cams', 'GridExplorer']
 
 # %% ../../nbs/viz/71_explorers.ipynb #bd30e808
-HEADLESS_ENV = 'CXR_NOTEBOOKS_HEADLESS'
 #: what a finished run folder holds for the explorers: the record (`reproduce.kit.write_record`) and the CAM browser's arrays (`CAMBrowser.save`)
 RUN_RECORD, CAM_BROWSER_FILE = 'metrics.json', 'cam_browser.npz'
 
