@@ -37,6 +37,7 @@ lab: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_cache.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_cli.py
 
 docs: $(VENV)/.installed
 	$(PY) nbs/_site.py
