@@ -63,3 +63,42 @@ def test_no_notebook_or_module_resolves_the_clone_layout():
         if f.suffix == '.ipynb': text = '\n'.join(''.join(c['source']) for c in json.loads(text)['cells'])
         hits += [f"{f.relative_to(ROOT)}: {m}" for m in re.findall(r'\.\./shared\S*|shared/seeds\S*', text)]
     assert not hits, hits
+
+
+# ---- one source of truth for the allowed values (issue 19 item 2) ---------------------------------------------
+
+@pytest.mark.parametrize('seed', sorted(NOTEBOOKS))
+def test_metadata_choices_equal_the_method_modules_CHOICES(seed):
+    "The runner's copy (metadata `cxr_notebooks.choices`, read without torch) is the method module's `CHOICES`, in order."
+    from cxr_notebooks.reproduce.reference import method_module
+    want = {k: list(v) for k, v in sorted(method_module(seed).CHOICES.items())}
+    assert NOTEBOOKS[seed].choices == want, \
+        f"{NOTEBOOKS[seed].path.name}: set metadata cxr_notebooks.choices to {json.dumps(want)} (the method module's CHOICES)"
+
+
+@pytest.mark.parametrize('seed', sorted(NOTEBOOKS))
+def test_CHOICES_name_parameters_and_admit_every_default(seed):
+    "Each `CHOICES` key is a parameter of the notebook, and its default and every profile's value are among the choices."
+    from cxr_notebooks.reproduce.kit import notebook_defaults
+    from cxr_notebooks.reproduce.reference import method_module
+    module, defaults = method_module(seed), notebook_defaults(seed)
+    assert set(module.CHOICES) <= set(defaults), sorted(set(module.CHOICES) - set(defaults))
+    for k, allowed in module.CHOICES.items():
+        values = [defaults[k], *(p.get(k) for p in module.PROFILES.values())]
+        assert all(v is None or v in allowed for v in values), (k, values, allowed)
+
+
+@pytest.mark.parametrize('seed', sorted(NOTEBOOKS))
+def test_start_run_refuses_a_value_outside_CHOICES(seed, tmp_path):
+    """A notebook run by papermill directly (no runner) is checked too: `kit.start_run` stops on a value outside the
+    paper's `CHOICES`, naming the parameter, the value and the allowed values, before it writes anything."""
+    from cxr_notebooks.reproduce.kit import start_run
+    from cxr_notebooks.reproduce.reference import method_module
+    module = method_module(seed)
+    name, allowed = next((k, v) for k, v in module.CHOICES.items() if k != 'profile')
+    params = dict(profile=next(iter(module.PROFILES)), seed=0, out_dir=str(tmp_path / 'run'), **{name: 'bogus'})
+    with pytest.raises(ValueError) as e: start_run(module.PAPER, module.PROFILES, params)
+    assert str(e.value) == f"parameter {name}: expected one of {', '.join(map(str, allowed))}, got 'bogus'"
+    assert not (tmp_path / 'run').exists()
+    run = start_run(module.PAPER, module.PROFILES, {**params, name: allowed[-1]})   # an allowed value runs
+    assert getattr(run.cfg, name) == allowed[-1]

@@ -111,12 +111,18 @@ def _resolve(p: str, root: Path) -> str:
     return str(Path(p) if os.path.isabs(p) else root / p)
 
 # %% ../../nbs/data/15_byo.ipynb #2c900cde
-def read_image_table_csv(csv_path: str | os.PathLike, image_root: str | os.PathLike | None = None,
-                         image_col: str | None = None, label_cols: Sequence[str] | None = None,
-                         patient_col: str | None = None, box_cols: Sequence[str] | bool | None = None,
-                         mask_col: str | None = None, label_names: Sequence[str] | None = None,
-                         labels_col: str | None = None, box_label_col: str = 'label',
-                         check_files: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def read_image_table_csv(csv_path: str | os.PathLike, # the CSV: one row per image (or per box, with `box_cols`)
+                         image_root: str | os.PathLike | None = None, # relative image paths start here (default: the CSV's folder)
+                         image_col: str | None = None, # the image path column (default: `image` or `path`)
+                         label_cols: Sequence[str] | None = None, # 0/1 label columns, in output order
+                         patient_col: str | None = None, # the patient id column (default: `patient_id` when present)
+                         box_cols: Sequence[str] | bool | None = None, # the four box columns (XYWH or XYXY), True: detect them
+                         mask_col: str | None = None, # a column of lung-mask paths
+                         label_names: Sequence[str] | None = None, # the vocabulary labels are spelt in (default: the 14 NIH labels)
+                         labels_col: str | None = None, # a `|`-separated names column (default: `labels` or `label`)
+                         box_label_col: str = 'label', # each box's label column
+                         check_files: bool = True, # count missing images and masks, refuse boxes outside their image
+                        ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     "An image table (and a box table, or `None` without `box_cols`) from a CSV of your own."
     csv_path = Path(csv_path); src = str(csv_path)
     df = read_csv_checked(csv_path)

@@ -356,9 +356,15 @@ class PhantomDataset(torch.utils.data.Dataset):
                            transform=self.transform)
 
 # %% ../../nbs/data/18_synth.ipynb #ea18d601
-def write_phantom_folder(root: str | Path, n: int, size: int = 128, classes: Sequence[str] = ('Effusion', 'Pneumothorax'),
-                         seed: int = 0, prevalence: float = 0.5, multi_label: bool = True,
-                         images_per_patient: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
+def write_phantom_folder(root: str | Path, # images/, masks/, images.csv and boxes.csv go here
+                         n: int, # how many phantoms
+                         size: int = 128, # image side, px
+                         classes: Sequence[str] = ('Effusion', 'Pneumothorax'), # the findings drawn (`PhantomDataset`)
+                         seed: int = 0, # the phantoms and their patient ids
+                         prevalence: float = 0.5, # chance of each finding (single-label: of one finding)
+                         multi_label: bool = True, # findings drawn independently (False: at most one per image)
+                         images_per_patient: int = 2, # consecutive phantoms share a patient id
+                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Write `PhantomDataset` phantoms as PNGs + lung-mask PNGs + images.csv + boxes.csv under `root`; return both tables."
     if isinstance(images_per_patient, bool) or not isinstance(images_per_patient, (int, np.integer)) or images_per_patient < 1:
         raise CXRDataError(f"write_phantom_folder: images_per_patient={images_per_patient!r}; expected an int >= 1")

@@ -11,7 +11,7 @@ from ..eval.paper import Citation, PaperColumn
 from ..losses.classification import class_balanced_weights, create_loss, label_counts
 
 # %% auto #0
-__all__ = ['PAPER', 'PROFILES', 'default_image_size', 'aggregate_loss', 'loss_weights_table', 'paper_columns']
+__all__ = ['PAPER', 'PROFILES', 'CHOICES', 'default_image_size', 'aggregate_loss', 'loss_weights_table', 'paper_columns']
 
 # %% ../../nbs/methods/80_aggregate.ipynb #59ed578c
 PAPER: dict = dict(seed='002', source='002_ebbdae81f59a347f.txt',
@@ -73,3 +73,12 @@ def paper_columns(split: str, loss: str, backbone: str, stages: int, optimizer: 
     if split == 'kfold' and key == ('wfocal', 'efficientnet_b3', 2, 'ranger'):
         return [PaperColumn('Table 7', f'{_WFOCAL} EfficientNet-B3 two-stage', '5fold_cv', stage=2)]
     return []
+
+# %% ../../nbs/methods/80_aggregate.ipynb #cd1943cc
+#: parameter -> the values the reproduction notebook admits (`kit.start_run` checks them)
+CHOICES: dict[str, tuple] = {
+    'profile': tuple(PROFILES),
+    'loss': ('bce', 'wbce', 'cb-bce', 'focal', 'wfocal'),   # the paper's losses (`aggregate_loss`)
+    'split': ('official', 'chexnet', 'kfold', '*.csv'),     # Tables 4, 5 and 8, 7, or a split file
+    'stages': (1, 2),                                       # one stage, or progressive resizing
+}

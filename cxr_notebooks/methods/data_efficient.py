@@ -20,7 +20,7 @@ from ..data.preprocess import PreprocessChain, seed004_augmentation, seed004_pre
 from ..eval.paper import Citation
 from ..eval.predictions import predict_table, prediction_arrays
 from ..losses.classification import WeightedBCELoss, inverse_frequency_weights, label_counts
-from ..metrics.thresholds import choose_thresholds, thresholded_metrics
+from ..metrics.thresholds import THRESHOLD_METHODS, choose_thresholds, thresholded_metrics
 from ..models.backbones import create_model
 from ..models.data_efficient import ProbabilityEnsemble, trainable_parameters
 from ..models.lungseg import lung_segmenter
@@ -29,7 +29,7 @@ from ..explain.cams import compute_cam
 from matplotlib.figure import Figure
 
 # %% auto #0
-__all__ = ['PAPER', 'REPORT', 'SECTIONS', 'PROFILES', 'MODELS', 'SUMMARY_METRICS', 'rare_labels', 'seed004_loss',
+__all__ = ['PAPER', 'REPORT', 'SECTIONS', 'PROFILES', 'MODELS', 'SUMMARY_METRICS', 'CHOICES', 'rare_labels', 'seed004_loss',
            'pos_weight_table', 'build_model', 'memory_replay_step', 'training_step', 'train_snapshots', 'ensemble_of',
            'seed004_chain', 'seed004_datasets', 'boxed_samples', 'plot_preprocessing', 'boxed_cams', 'run_plan',
            'train_members', 'kfold_predictions', 'class_distribution', 'validation_thresholds', 'threshold_comparison',
@@ -244,13 +244,11 @@ def boxed_cams(models: Mapping[str, nn.Module], # model name -> trained network
 
 # %% ../../nbs/methods/84_data_efficient.ipynb #292a32f1
 def run_plan(model: str, # a `MODELS` name or 'ensemble'
-             threshold: str, # per-class thresholds chosen on validation: 'youden' or 'f1'
              epochs: int, # the report's epoch count
              trained_epochs: int | None = None, # continue the same run to this many epochs (0 or None: no)
             ) -> tuple[list[str], list[int]]:
-    "`(members to train, epoch counts to keep)` of a run; `ValueError` on a model, threshold or epoch count the report cannot mean."
+    "`(members to train, epoch counts to keep)` of a run; `ValueError` on a model or epoch count the report cannot mean."
     if model not in (*MODELS, 'ensemble'): raise ValueError(f"model={model!r}; expected one of {', '.join(MODELS)}, ensemble")
-    if threshold not in ('youden', 'f1'): raise ValueError(f"threshold={threshold!r}; expected youden or f1")
     if trained_epochs and trained_epochs <= epochs: raise ValueError(f"trained_epochs={trained_epochs} must exceed epochs={epochs} (or be 0)")
     return (list(MODELS) if model == 'ensemble' else [model]), sorted({epochs, *([trained_epochs] if trained_epochs else [])})
 
@@ -266,7 +264,7 @@ def train_members(model: str, # the run's model: a `MODELS` name or 'ensemble' (
                   num_workers: int | str = 'auto', # data loader workers
                  ) -> tuple[dict[str, pd.DataFrame], dict[str, dict[int, nn.Module]]]:
     "Train the run's member model(s) to every snapshot: `(histories, {name: {epochs: model}})`, plus 'ensemble' of the members for `model='ensemble'`."
-    members, _ = run_plan(model, 'youden', min(snapshots))
+    members, _ = run_plan(model, min(snapshots))
     histories, nets = {}, {}
     for name in members:
         net = build_model(name, labels, rare, cfg.pretrained, None if name == 'chest_xray_attention' else cfg.weights, cfg.on_missing_weights,
@@ -376,3 +374,11 @@ def summary_vs_report(table: pd.DataFrame, # `threshold_comparison` of one model
                      caption=f"Macro metrics at thresholds '{method}', report vs reproduced. Report: {source}. Ours: {setup}. "
                              f"95% bootstrap CI (patients resampled); difference = ours - report.")
     return out
+
+# %% ../../nbs/methods/84_data_efficient.ipynb #2c39cda0
+#: parameter -> the values the reproduction notebook admits (`kit.start_run` checks them)
+CHOICES: dict[str, tuple] = {
+    'profile': tuple(PROFILES),
+    'model': (*MODELS, 'ensemble'),                                           # one member, or all three and their ensemble
+    'threshold': tuple(m for m in THRESHOLD_METHODS if m != 'fixed'),         # chosen on validation, per class
+}

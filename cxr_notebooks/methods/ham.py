@@ -21,7 +21,7 @@ from ..data.labels import NIH_BOX_LABELS, NIH_LABELS
 from ..data.synth import write_phantom_folder
 from ..data.datasets import CXRDataset, default_transforms, make_dataloader
 from ..eval.paper import Citation, PaperColumn
-from ..losses.ham import HAMLoss, box_masks, refined_attention
+from ..losses.ham import BOX_LOSSES, VARIANTS, HAMLoss, box_masks, refined_attention
 from ..metrics.localization import heatmap_to_boxes, localization_scores
 from ..models.backbones import create_model
 from ..models.ham import HAM   # importing it registers 'ham_resnet50' with timm and the backbones
@@ -31,8 +31,8 @@ from ..eval.predictions import predict_table
 
 # %% auto #0
 __all__ = ['PAPER', 'PROFILES', 'ABLATIONS', 'HAM_ROW', 'NORMALIZE', 'T_IOU', 'T_IOR', 'CHEXPERT_BASELINES', 'REFERENCE_TABLES',
-           'PHANTOM_CLASSES', 'FOLD_SPLITS', 'SPLITS', 'ablation', 'build_ham', 'ham_loss', 'ham_step', 'HAMResult',
-           'train_ham', 'predict_ham', 'attention_levels', 'localization_table', 'localization_accuracy',
+           'PHANTOM_CLASSES', 'FOLD_SPLITS', 'SPLITS', 'CHOICES', 'ablation', 'build_ham', 'ham_loss', 'ham_step',
+           'HAMResult', 'train_ham', 'predict_ham', 'attention_levels', 'localization_table', 'localization_accuracy',
            'attention_examples', 'pooled_localization', 'paper_name', 'paper_columns', 'accuracy_row',
            'check_data_settings', 'HAMData', 'phantom_data', 'chexpert_data', 'nih_data', 'HAMFolds', 'ham_folds']
 
@@ -453,3 +453,16 @@ def ham_folds(data: HAMData, # the run's images (`phantom_data`, `chexpert_data`
         folds = {f'fold{f}': _fold(data, split, f, patient_folds, seed, leaks) for f in (range(1, 6) if fold == 0 else [fold])}
     return HAMFolds(folds, leaks, note)
 
+
+# %% ../../nbs/methods/82_ham.ipynb #c94dd7b9
+#: parameter -> the values the reproduction notebook admits (`kit.start_run` checks them)
+CHOICES: dict[str, tuple] = {
+    'profile': tuple(PROFILES),
+    'dataset': tuple(SPLITS),
+    'split': tuple(dict.fromkeys(s for names in SPLITS.values() for s in names)),   # every dataset's, in order
+    'fold': tuple(range(6)),                                                         # 1 to 5; 0: all five
+    'ablation': ('HAM', *ABLATIONS),                                                 # the full method or a Table VI row
+    'variant': VARIANTS,
+    'box_loss': BOX_LOSSES,
+    'region': ('box', 'mask'),                                                       # `localization_table`'s regions
+}

@@ -24,7 +24,7 @@ from ..eval.paper import Citation
 from ..explain.gradcam import grad_cam
 from ..losses.attention import ATTENTION_MEASURES, ATTENTION_VARIANTS, AttentionLoss, cam_mass_in_prior, in_prior_fraction, parse_lambda
 from ..metrics.classification import bootstrap_ci, confusion_metrics, youden_threshold
-from ..models.lungseg import LungSegmenter, lung_box, lung_segmenter
+from ..models.lungseg import SEGMENTERS, LungSegmenter, lung_box, lung_segmenter
 from ..train.learner import predict
 from ..train.stages import Stage, StagesResult, stage_dataset, train_stages
 from ..viz.plots import plot_cam_grid
@@ -32,10 +32,10 @@ from ..viz.plots import plot_cam_grid
 # %% auto #0
 __all__ = ['PAPER', 'PROFILES', 'TASKS', 'TASK_LABELS', 'PAPER_MODELS', 'SWEEP_TABLES', 'LAMBDAS', 'NIH_PROTOCOLS',
            'AUTHORS_SWAPS', 'CAM_TARGETS', 'SCHEDULES', 'SEED000_TABLE_METRICS', 'PRIOR_MEASURES', 'PAPER_SETTINGS',
-           'task_classes', 'parse_lambdas', 'prior_region', 'lung_boxes', 'image_finding', 'with_prior_masks',
-           'shared_patients', 'nih_task_split', 'task_summary', 'phantom_task_split', 'byo_task_split',
-           'check_cam_target', 'AttentionStep', 'val_accuracy', 'train_lung_attention', 'eval_loader', 'predict_probs',
-           'cam_in_prior', 'seed000_scores', 'seed000_table', 'validation_threshold', 'run_settings',
+           'CHOICES', 'task_classes', 'parse_lambdas', 'prior_region', 'lung_boxes', 'image_finding',
+           'with_prior_masks', 'shared_patients', 'nih_task_split', 'task_summary', 'phantom_task_split',
+           'byo_task_split', 'check_cam_target', 'AttentionStep', 'val_accuracy', 'train_lung_attention', 'eval_loader',
+           'predict_probs', 'cam_in_prior', 'seed000_scores', 'seed000_table', 'validation_threshold', 'run_settings',
            'train_and_evaluate', 'sweep_table', 'plot_priors', 'plot_in_prior', 'reading', 'cam_grid',
            'table_consistency']
 
@@ -384,8 +384,15 @@ def eval_loader(table: pd.DataFrame, classes: Sequence[str], image_size: int, ca
     ds = stage_dataset(table, list(classes), image_size, False, cache, 'half')
     return make_dataloader(ds, batch_size, shuffle=False, num_workers='auto' if num_workers is None else num_workers)
 
-def predict_probs(model: nn.Module, table: pd.DataFrame, classes: Sequence[str], image_size: int, cache=None,
-                  batch_size: int = 32, device: str | None = None, num_workers: int | None = None) -> np.ndarray:
+def predict_probs(model: nn.Module, # a trained classifier
+                  table: pd.DataFrame, # image table with `path` (and prior `mask_path`)
+                  classes: Sequence[str], # the task's classes, in output order
+                  image_size: int, # model input side
+                  cache=None, # an `ImageCache` of the images (None: decode from the files)
+                  batch_size: int = 32, # images per batch
+                  device: str | None = None, # default: CUDA when available
+                  num_workers: int | None = None, # data loader workers (None: sized for this machine)
+                 ) -> np.ndarray:
     "Softmax probabilities (N, classes) of `model` on `table` (evaluation transforms, mean = std = 0.5)."
     probs, _ = predict(model, eval_loader(table, classes, image_size, cache, batch_size, num_workers), device=device, activation='softmax')
     return probs
@@ -606,3 +613,17 @@ def table_consistency(ref: pd.DataFrame) -> pd.DataFrame:
                 checks.append(dict(split=split, task=task, model=model, column=setting, sweep_table=table, found_in=', '.join(hit) or '—'))
     return pd.DataFrame(checks)
 
+
+# %% ../../nbs/methods/81_lung_attention.ipynb #d6ecacf3
+#: parameter -> the values the reproduction notebook admits (`kit.start_run` checks them)
+CHOICES: dict[str, tuple] = {
+    'profile': tuple(PROFILES),
+    'dataset': ('nih', 'byo'),                 # NIH ChestX-ray14, or your class folders laid out like Ottawa's
+    'task': tuple(TASKS),
+    'protocol': NIH_PROTOCOLS,
+    'segmenter': tuple(SEGMENTERS.names()),
+    'cam_target': CAM_TARGETS,
+    'variant': (*ATTENTION_VARIANTS, 'both'),
+    'attention_measure': ATTENTION_MEASURES,
+    'schedule': tuple(SCHEDULES),
+}

@@ -18,9 +18,10 @@ from ..metrics.early_lift import early_lift_table, micro_auroc, micro_auroc_ci, 
 from ..models.spatial_attention import SA_BACKBONES
 
 # %% auto #0
-__all__ = ['PAPER', 'PROFILES', 'SEED003_LABELS', 'ATTENTION_CHOICES', 'PAPER_SAYS', 'CLASS_GAIN_COLUMN', 'parse_labels',
-           'parse_backbones', 'run_models', 'paper_setting', 'paper_columns', 'micro_auc_table', 'attention_gain_table',
-           'paper_comparison', 'class_gain_comparison', 'ablation_grid', 'early_lift_tables', 'plot_early_lift']
+__all__ = ['PAPER', 'PROFILES', 'SEED003_LABELS', 'ATTENTION_CHOICES', 'PAPER_SAYS', 'CLASS_GAIN_COLUMN', 'CHOICES',
+           'parse_labels', 'parse_backbones', 'run_models', 'paper_setting', 'paper_columns', 'micro_auc_table',
+           'attention_gain_table', 'paper_comparison', 'class_gain_comparison', 'ablation_grid', 'early_lift_tables',
+           'plot_early_lift']
 
 # %% ../../nbs/methods/83_spatial_attention.ipynb #6f1ecba1
 PAPER: dict = dict(seed='003', source='003_932827f7cb25e7f1.txt',
@@ -208,3 +209,11 @@ def plot_early_lift(preds: Mapping[str, pd.DataFrame], # model -> prediction tab
     fig.tight_layout()
     if path is not None: fig.savefig(path, dpi=110, bbox_inches='tight')
     return fig
+
+# %% ../../nbs/methods/83_spatial_attention.ipynb #c7be92f6
+#: parameter -> the values the reproduction notebook admits (`kit.start_run` checks them)
+CHOICES: dict[str, tuple] = {
+    'profile': tuple(PROFILES),
+    'attention': ATTENTION_CHOICES,
+    'split': ('official', 'chexnet', '*.csv'),   # NIH's lists, CheXNet's, or a split file
+}

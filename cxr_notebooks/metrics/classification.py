@@ -264,9 +264,15 @@ def bootstrap_ci(y_true: np.ndarray, y_score: np.ndarray, metric: str | Callable
                       for take in (np.repeat(idx, c) for c in counts)])
     return _percentile_ci(metric(yt, ys), stats, confidence)
 
-def per_class_auroc_ci(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str] | None = None, n_resamples: int = 1000,
-                       seed: int = 0, groups: Sequence | None = None, confidence: float = 0.95,
-                       skip_single_class: bool = False) -> pd.DataFrame:
+def per_class_auroc_ci(y_true: np.ndarray, # (N, C) 0/1 labels
+                       y_score: np.ndarray, # (N, C) scores
+                       labels: Sequence[str] | None = None, # class names (default: '0', '1', ...)
+                       n_resamples: int = 1000, # bootstrap resamples
+                       seed: int = 0, # seeds the resampling
+                       groups: Sequence | None = None, # a group (patient) per row: resample whole groups
+                       confidence: float = 0.95, # the CI's level
+                       skip_single_class: bool = False, # a class with one value in `y_true` gets NaN instead of an error
+                      ) -> pd.DataFrame:
     "AUROC and percentile bootstrap CI per class (the same resamples for all classes): columns label, auc, low, high, n_skipped."
     _check_bootstrap_args(n_resamples, confidence)
     yt, ys = _check_scores(y_true, y_score)

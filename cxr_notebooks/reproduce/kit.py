@@ -18,17 +18,18 @@ from ..data import nih, splits
 from ..eval.paper import PaperColumn
 from ..eval.predictions import predict_table
 from ..models.backbones import WEIGHTS_LOG, LoadedWeights, weights_summary
-from .reference import reference_values
-from .runner import NON_RESULT_PARAMETERS, _jsonable, check_run_config, repro_notebooks
+from .reference import method_module, reference_values
+from .runner import NON_RESULT_PARAMETERS, _jsonable, check_run_config, choice_problem, repro_notebooks
 from ..train.stages import Stage, StagesResult, image_cache, progressive_stages, train_stages
 from ..viz.plots import paper_vs_reproduced
 from .environment import mounted_dataset
 from ..data.cache import default_cache_dir
 
 # %% auto #0
-__all__ = ['SPLITS', 'RECORD_SCHEMA', 'RECORD_KEYS', 'Run', 'notebook_defaults', 'start_run', 'parameters_from', 'NIHData',
-           'load_nih_data', 'split_summary', 'read_split_file', 'make_split', 'kfold_parts', 'train_and_predict',
-           'compare_with_paper', 'kfold_auc', 'compare_metrics_with_paper', 'check_record', 'write_record']
+__all__ = ['SPLITS', 'RECORD_SCHEMA', 'RECORD_KEYS', 'Run', 'notebook_defaults', 'check_choices', 'start_run', 'parameters_from',
+           'NIHData', 'load_nih_data', 'split_summary', 'read_split_file', 'make_split', 'kfold_parts',
+           'train_and_predict', 'compare_with_paper', 'kfold_auc', 'compare_metrics_with_paper', 'check_record',
+           'write_record']
 
 # %% ../../nbs/reproduce/91_kit.ipynb #0599c705
 @dataclass
@@ -74,18 +75,25 @@ def notebook_defaults(seed: str) -> dict[str, Any] | None:
         if isinstance(target, ast.Name) and n.value is not None: out[target.id] = value(n.value)
     return out
 
+def check_choices(paper: Mapping[str, str], params: Mapping[str, Any]) -> None:
+    "`ValueError` naming each parameter of `params` (None: unset) outside the `CHOICES` of the method module of `paper['seed']`, with the value and the allowed values."
+    choices = getattr(method_module(paper.get('seed', '')), 'CHOICES', {})
+    bad = [f"parameter {k}: {why}" for k, v in params.items() if v is not None and (why := choice_problem(v, choices.get(k)))]
+    if bad: raise ValueError('; '.join(bad))
+
 def start_run(paper: Mapping[str, str], # the method module's PAPER (seed, source, title)
               profiles: Mapping[str, Mapping[str, Any]], # profile name -> default parameter values
               params: Mapping[str, Any], # the notebook's parameters (None: the profile's value)
               seed_key: str = 'seed', # which parameter seeds the run
               defaults: Mapping[str, Any] | None = None, # the notebook's parameter defaults (None: read from the notebook of `paper['seed']`)
              ) -> Run:
-    "Resolve `params` against the chosen profile, check/store the run configuration, seed, pick the device."
+    "Resolve `params` against the chosen profile, check them against the paper's `CHOICES`, check/store the run configuration, seed, pick the device."
     profile = params.get('profile')
     if profile not in profiles:
         raise ValueError(f"profile={profile!r}: expected one of {', '.join(profiles)}")
     resolved = {**{k: v for k, v in profiles[profile].items()}, **{k: v for k, v in params.items() if v is not None}}
     resolved.update({k: None for k, v in params.items() if v is None and k not in profiles[profile]})
+    check_choices(paper, resolved)
     out = Path(resolved.get('out_dir') or 'runs/out')
     if out.exists() and not out.is_dir(): raise ValueError(f"out_dir={str(out)!r} is a file; expected a folder")
     check_run_config(out, {k: v for k, v in resolved.items() if k not in NON_RESULT_PARAMETERS})

@@ -5,6 +5,7 @@
 # %% ../../nbs/reproduce/90_reference.ipynb #ba3b57c6
 from __future__ import annotations
 from pathlib import Path
+from types import ModuleType
 import numpy as np
 import pandas as pd
 from ..core import CXRDataError, embedded_data_dir, require_columns
@@ -12,8 +13,8 @@ from ..eval.paper import Citation
 from ..data.labels import NIH_LABELS, NO_FINDING
 
 # %% auto #0
-__all__ = ['REFERENCE_COLUMNS', 'reference_dir', 'load_reference', 'paper_citation', 'reference_table', 'reference_values',
-           'average_check']
+__all__ = ['REFERENCE_COLUMNS', 'reference_dir', 'load_reference', 'method_module', 'paper_citation', 'reference_table',
+           'reference_values', 'average_check']
 
 # %% ../../nbs/reproduce/90_reference.ipynb #203a7119
 REFERENCE_COLUMNS: tuple[str, ...] = ('seed_file', 'paper', 'table', 'setting', 'split', 'model', 'label', 'metric', 'value', 'note')
@@ -59,13 +60,18 @@ def _select(ref: pd.DataFrame, seed: str, table: str, metric: str) -> pd.DataFra
         raise CXRDataError(f"no reference numbers for seed {seed!r}, {table!r}, metric {metric!r}; available (table, metric): {have}")
     return d
 
-def paper_citation(seed: str) -> Citation:
-    "The `Citation` a method module (`cxr_notebooks.methods.*`) declares in its `PAPER` for paper `seed` ('002')."
+def method_module(seed: str) -> ModuleType | None:
+    "The method module (`cxr_notebooks.methods.*`) whose `PAPER` declares paper `seed` ('002'); None when none does."
     import importlib, pkgutil
     from cxr_notebooks import methods
     for info in pkgutil.iter_modules(methods.__path__):
-        paper = getattr(importlib.import_module(f'{methods.__name__}.{info.name}'), 'PAPER', None)
-        if paper and paper.get('seed') == str(seed): return paper['citation']
+        module = importlib.import_module(f'{methods.__name__}.{info.name}')
+        if getattr(module, 'PAPER', {}).get('seed') == str(seed): return module
+    return None
+
+def paper_citation(seed: str) -> Citation:
+    "The `Citation` a method module (`cxr_notebooks.methods.*`) declares in its `PAPER` for paper `seed` ('002')."
+    if (module := method_module(seed)) is not None: return module.PAPER['citation']
     raise ValueError(f"no method module declares paper {seed!r}; expected a PAPER dict with seed={seed!r} in cxr_notebooks.methods")
 
 def _source(d: pd.DataFrame, seed: str, table: str) -> str:

@@ -13,9 +13,9 @@ from ..core import HEADLESS_ENV, atomic_write_text, resource_dir
 
 # %% auto #0
 __all__ = ['NON_RESULT_PARAMETERS', 'INPUT_FINGERPRINTS', 'PROGRESS_LINE', 'ParameterRange', 'ReproNotebook', 'repro_dir',
-           'declared_notebook', 'repro_notebooks', 'find_notebook', 'notebook_parameters', 'check_parameters',
-           'check_input_paths', 'RunConfigMismatch', 'input_fingerprints', 'check_run_config', 'check_resume',
-           'ReproductionFailed', 'export_html', 'reproduction_notebook', 'run_reproduction']
+           'declared_notebook', 'repro_notebooks', 'find_notebook', 'notebook_parameters', 'choice_problem',
+           'check_parameters', 'check_input_paths', 'RunConfigMismatch', 'input_fingerprints', 'check_run_config',
+           'check_resume', 'ReproductionFailed', 'export_html', 'reproduction_notebook', 'run_reproduction']
 
 # %% ../../nbs/reproduce/92_runner.ipynb #021fa913
 @dataclass(frozen=True)
@@ -109,14 +109,18 @@ def _as_bool(value: Any) -> Any:
     if value is None or isinstance(value, bool) or isinstance(value, float): return value
     return _BOOLEANS.get(str(value).strip().lower(), value)
 
+def choice_problem(value: Any, choices: Sequence | None) -> str | None:
+    "Why `value` is not one of `choices` (a `'*.csv'` among them admits any CSV file path); `None` when it is, or when there are no choices."
+    if not choices or value in choices or ('*.csv' in choices and str(value).endswith('.csv')): return None
+    return f"expected one of {', '.join(map(str, choices))}, got {value!r}"
+
 def _fits(value: Any, type_name: str, choices: Sequence | None, rng: ParameterRange | None = None) -> str | None:
     "Why `value` does not fit its type, choices and range (`None` when it does)."
     if value is None: return None
     ok = _TYPES.get(type_name)
     if ok and (not isinstance(value, ok) or (isinstance(value, bool) and bool not in ok)):
         return f"expected {type_name}, got {type(value).__name__} {value!r}"
-    if choices and value not in choices and not ('*.csv' in choices and str(value).endswith('.csv')):
-        return f"expected one of {', '.join(map(str, choices))}, got {value!r}"
+    if why := choice_problem(value, choices): return why
     if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value not in rng:
         return f"{'NaN is not a number' if value != value else f'{value!r} is outside its range'}; expected a number in {rng}"
     return None
