@@ -145,7 +145,7 @@ def test_class_gain_comparison_and_ablation_grid():
 def test_early_lift_tables_and_plot():
     preds, labels = _preds()
     lift = sa.early_lift_tables(preds, labels, n_bootstrap=10)
-    assert list(lift.columns) == ['model', 'label', 'metric', 'value', 'low', 'high', 'n_skipped']
+    assert list(lift.columns) == ['model', 'label', 'metric', 'value', 'low', 'high', 'n_skipped', 'note']
     assert set(lift['model']) == set(preds) and len(lift) == 2 * (3 * 3 + 4)
     fig = sa.plot_early_lift(preds, labels, classes=['Effusion', 'Hernia'])   # a class not among the labels is skipped
     assert len(fig.axes) == 3 and fig.axes[1].get_xlim() == (0, 0.2)

@@ -95,11 +95,13 @@ def test_bootstrap_groups_skips_and_errors(binary):
     groups = np.repeat(np.arange(100), 4)
     ci = bootstrap_ci(y, s, n_resamples=50, groups=groups.astype(str))
     assert ci.n_skipped == 0 and ci.low < ci.value < ci.high
-    few = bootstrap_ci(np.r_[np.zeros(30), 1], np.r_[np.zeros(30), 1.], n_resamples=200)
+    few = bootstrap_ci(np.r_[np.zeros(30), 1], np.r_[np.zeros(30), 1.], n_resamples=200, minimum=0)   # the skipping, shown without the rule
     assert few.n_skipped > 0 and few.value == 1
+    honest = bootstrap_ci(np.r_[np.zeros(30), 1], np.r_[np.zeros(30), 1.], n_resamples=200)
+    assert honest.value == 1 and np.isnan(honest.low) and np.isnan(honest.high) and honest.note.startswith('n = 31 (1 positive, 30 negative)')
     with pytest.raises(CXRDataError, match='groups has 3 values for 400'): bootstrap_ci(y, s, groups=[1, 2, 3])
     with pytest.raises(CXRDataError, match='groups\\[2\\] is missing'):
-        bootstrap_ci(y[:4], s[:4], groups=['a', 'b', None, 'a'])
+        bootstrap_ci(y[:4], s[:4], groups=['a', 'b', None, 'a'], minimum=0)
     with pytest.raises(ValueError, match='confidence is 95'): bootstrap_ci(y, s, confidence=95)
     with pytest.raises(CXRDataError, match='undefined in all'):
         bootstrap_ci(y, s, lambda a, b: np.nan, n_resamples=5)
@@ -109,10 +111,13 @@ def test_bootstrap_groups_skips_and_errors(binary):
 def test_per_class_auroc_ci(binary):
     y, s = binary
     t = per_class_auroc_ci(np.c_[y, 1 - y], np.c_[s, -s], ['a', 'b'], n_resamples=100, seed=3)
-    assert list(t.columns) == ['label', 'auc', 'low', 'high', 'n_skipped'] and list(t.label) == ['a', 'b']
+    assert list(t.columns) == ['label', 'auc', 'low', 'high', 'n_skipped', 'note'] and list(t.label) == ['a', 'b']
+    assert t['note'].isna().all()
     assert t.loc[0, ['auc', 'low', 'high']].tolist() == pytest.approx(list(bootstrap_ci(y, s, n_resamples=100, seed=3)[:3]))
     t2 = per_class_auroc_ci(np.c_[y, np.zeros(400)], np.c_[s, s], n_resamples=20, skip_single_class=True)
-    assert np.isnan(t2.loc[1, 'auc']) and t2.loc[1, 'n_skipped'] == 20
+    assert np.isnan(t2.loc[1, ['auc', 'low', 'high']].astype(float)).all() and t2.loc[1, 'note'].startswith('n = 400 (0 positive, 400 negative)')
+    t3 = per_class_auroc_ci(np.c_[y, np.zeros(400)], np.c_[s, s], n_resamples=20, skip_single_class=True, minimum=0)
+    assert np.isnan(t3.loc[1, 'auc']) and t3.loc[1, 'n_skipped'] == 20   # without the rule: undefined in every resample
 
 
 def test_bootstrap_coverage_binormal():
@@ -215,8 +220,12 @@ def test_macro_auroc_ci_equals_the_generic_bootstrap_of_macro_auroc():
     p = np.clip(y * 0.3 + rng.random((60, 3)), 0, 1)
     groups = np.repeat(np.arange(30), 2)
     generic = bootstrap_ci(y, p, lambda a, b: macro_auroc(a, b, skip_single_class=True), n_resamples=200, seed=3, groups=groups)
-    fast = macro_auroc_ci(y, p, n_resamples=200, seed=3, groups=groups)
+    fast = macro_auroc_ci(y, p, n_resamples=200, seed=3, groups=groups, minimum=0)   # the resampling, without the small-sample rule
     assert isinstance(fast, CI) and np.allclose(fast[:3], generic[:3]) and fast.n_skipped == generic.n_skipped == 0
+    kept = [k for k in range(3) if min(y[:, k].sum(), len(y) - y[:, k].sum()) >= 20]   # the rule: the rare classes are left out
+    assert kept == [0]
+    honest = macro_auroc_ci(y, p, n_resamples=200, seed=3, groups=groups)
+    assert np.allclose(honest[:3], macro_auroc_ci(y[:, kept], p[:, kept], n_resamples=200, seed=3, groups=groups, minimum=0)[:3])
 
 
 def test_a_single_bootstrap_resample_is_refused_and_few_warn():

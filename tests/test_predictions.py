@@ -4,7 +4,7 @@ import pytest
 import cxr_notebooks.eval.predictions as ev
 from cxr_notebooks.data.labels import NIH_LABELS
 from cxr_notebooks.data.nih import nih_sample_table, read_nih_boxes
-from cxr_notebooks.core import embedded_data_dir
+from cxr_notebooks.core import CXRDataError, embedded_data_dir
 from cxr_notebooks.models.backbones import create_model
 
 
@@ -47,3 +47,28 @@ def test_mean_auc_ci_reuses_auc_table_resamples(monkeypatch):
     assert ev.mean_auc_ci(pred, list('abc'), 150, 4) == m and calls   # without the table: drawn once, same numbers
     both = pd.concat([tab, ev.auc_table(pred, list('abc'), 150, 5)])   # tables with resamples still concatenate
     assert len(both) == 6
+
+
+def test_too_few_to_measure_no_ci_no_headline():
+    "Issue 17: below MIN_PER_CLASS positives or negatives a class gets no CI (a note instead); a 4-image test part gets no headline."
+    import pandas as pd
+    from cxr_notebooks.metrics.classification import MIN_PER_CLASS, ci_text
+    from cxr_notebooks.reproduce.kit import check_record
+    rng = np.random.default_rng(3)
+    def table(n_pos, n_neg):
+        y = np.r_[np.ones(n_pos), np.zeros(n_neg)]
+        return pd.DataFrame({'image': [f'i{i}' for i in range(len(y))], 'patient_id': np.arange(len(y)),
+                             'y_a': y, 'p_a': np.clip(0.3 * y + rng.random(len(y)), 0, 1)})
+    at = ev.auc_table(table(MIN_PER_CLASS, MIN_PER_CLASS), ['a'], 100)          # at the minimum: a CI, no note
+    assert at.loc[0, 'low'] <= at.loc[0, 'auc'] <= at.loc[0, 'high'] and at.loc[0, 'note'] is None
+    below = ev.auc_table(table(MIN_PER_CLASS - 1, 200), ['a'], 100)              # one positive short: the value, no CI, the note
+    assert np.isfinite(below.loc[0, 'auc']) and np.isnan(below.loc[0, ['low', 'high']].astype(float)).all()
+    assert below.loc[0, 'note'] == f'n = {MIN_PER_CLASS + 199} ({MIN_PER_CLASS - 1} positive, 200 negative): too few to measure (a CI needs at least 20 of each)'
+    h = ev.mean_auc_ci(table(1, 3), ['a'], 100)                                   # the 4-image test part of seed 000's smoke profile
+    assert (h['value'], h['low'], h['high'], h['n_classes']) == (None, None, None, 0)
+    assert h['note'] == 'n = 4 (1 positive, 3 negative): too few to measure (a CI needs at least 20 of each)' and ci_text(**{k: h[k] for k in ('value', 'low', 'high', 'note')}) == h['note']
+    rec = {'schema': 'cxr-notebooks/metrics/1', 'paper': {}, 'notebook': 'x', 'profile': 'smoke', 'seed': 0, 'setup': 's', 'config': {},
+           'data': {}, 'headline': h, 'results': {}, 'comparisons': {}, 'versions': {}, 'created': ''}
+    check_record(rec)                                                             # no CI, but the note: accepted
+    with pytest.raises(CXRDataError, match='headline needs'): check_record({**rec, 'headline': {**h, 'note': None}})   # no CI and no reason
+    with pytest.raises(CXRDataError, match='headline needs'): check_record({**rec, 'headline': {'metric': 'mean_auc', 'value': 0.7, 'low': 0.6}})

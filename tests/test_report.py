@@ -126,3 +126,22 @@ def test_report_names_a_corrupt_record_or_missing_predictions_and_reports_the_ot
     assert s.set_index('run').loc['loss=focal', 'status'] == 'unreadable'
     (tmp_path / 'grid.json').write_text('{"runs": [')
     with pytest.raises(ValueError, match=r"grid.json does not parse .*re-run the grid's spec"): write_report(tmp_path)
+
+
+def test_a_headline_too_few_to_measure_shows_the_note_not_numbers(tmp_path, monkeypatch):
+    "Issue 17: a run whose test part is below the minimum has no CI; the record passes, the grid and the report say why instead of numbers."
+    from cxr_notebooks.reproduce import grid as G
+    note = 'n = 4 (1 positive, 3 negative): too few to measure (a CI needs at least 20 of each)'
+    def run(name, out_dir, parameters, **kw):
+        _fake_run(name, out_dir, parameters)
+        if parameters['loss'] == 'focal':
+            f = Path(out_dir) / 'metrics.json'; rec = json.loads(f.read_text())
+            rec['headline'] = {'metric': 'mean_auc', 'value': None, 'low': None, 'high': None, 'n_classes': 0, 'note': note}
+            f.write_text(json.dumps(rec))
+    monkeypatch.setattr(G, 'run_reproduction', run)
+    G.run_grid({'notebook': '002', 'parameters': {'profile': 'smoke'}, 'axes': {'loss': ['bce', 'focal']}}, tmp_path, workers=1, progress=False)
+    s = G.grid_summary(tmp_path).set_index('run')
+    assert s.loc['loss=focal', 'status'] == 'done' and s.loc['loss=focal', 'note'] == note   # check_record accepted it
+    assert pd.isna(s.loc['loss=focal', ['value', 'low', 'high']]).all() and pd.isna(s.loc['loss=bce', 'note'])
+    page = write_report(tmp_path).read_text()
+    assert note in page and '0.600 [0.500, 0.800]' in page

@@ -8,7 +8,7 @@ from cxr_notebooks.reproduce.reference import reference_values
 from cxr_notebooks.reproduce.cli import main
 from cxr_notebooks.reproduce.runner import (ReproductionFailed, check_parameters, notebook_parameters, repro_notebooks,
                                            run_reproduction)
-from conftest import notebook_output_problems
+from conftest import check_headline, notebook_output_problems
 
 NOTEBOOKS = repro_notebooks()
 SMALLEST = NOTEBOOKS['002'].smallest
@@ -40,6 +40,7 @@ def test_every_notebook_runs_at_its_smallest_setting(smallest_run, seed):
     rec = json.loads((out / 'metrics.json').read_text())
     check_record(rec, str(out / 'metrics.json'))
     assert rec['profile'] == NOTEBOOKS[seed].smallest['profile'] and rec['paper']['seed'] == seed
+    if rec['headline']: check_headline(rec['headline'])
 
 
 @pytest.mark.slow
@@ -59,7 +60,9 @@ def test_baseline_smoke_run_is_the_demo_configuration(smallest_run):
     import torch   # the epoch the training curve marks is the checkpoint kept
     assert rec['results']['history']['best_epoch'][-1] == torch.load(out / 'ours' / 'stage1' / 'best.pt', weights_only=True)['epoch']
     h = rec['headline']
-    assert h['metric'] == 'mean_auc' and h['low'] <= h['value'] <= h['high']
+    assert h['metric'] == 'mean_auc'
+    check_headline(h, measured=False)   # 160 images: the test part has fewer than 20 positives of every class (issue 17)
+    assert h['n_classes'] == 0 and all(r['note'] for r in rec['results']['test_auc'])
     for f in ('roc_curves.png', 'training_curves.png', 'data_summary.csv', 'ours/stage1/last.pt', 'run_config.json'):
         assert (out / f).is_file(), f
     table = pd.read_csv(out / 'paper_vs_reproduced_table4.csv')

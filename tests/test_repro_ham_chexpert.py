@@ -6,6 +6,7 @@ import pytest
 from cxr_notebooks.reproduce.kit import check_record
 from cxr_notebooks.reproduce.reference import reference_values
 from cxr_notebooks.reproduce.runner import ReproductionFailed, run_reproduction
+from conftest import check_headline
 
 TINY = dict(profile='smoke', dataset='chexpert', image_size=48, epochs=1, batch_size=16, n_bootstrap=20, num_workers=0,
             show_test_selection=False)
@@ -31,8 +32,8 @@ def test_chexpert_official_split_is_compared_with_table8(tmp_path, chexpert_stan
     paper = reference_values('001', 'Table VIII', 'Ours-RN50', 'auc', 'chexpert_valid')
     assert t.loc['Atelectasis', 'paper'] == pytest.approx(paper['Atelectasis']) and t.loc['Average', 'paper'] == pytest.approx(0.8996)
     assert t['ours'].notna().any()
-    h = rec['headline']
-    assert h['low'] <= h['value'] <= h['high'] and 'CheXpert at' in rec['setup']
+    check_headline(rec['headline'], measured=False)   # 14 test images: too few to measure, no headline number (issue 17)
+    assert 'CheXpert at' in rec['setup']
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from ..data.contract import BOX_COLUMNS
 from ..data.datasets import default_transforms, make_dataloader, read_image
 from ..data.preprocess import Resize
 from ..metrics.classification import (CI, _bootstrap_counts, _check_bootstrap_args, _check_scores, _percentile_ci,
-                                                _weighted_auroc, delong_test, macro_auroc, per_class_auroc)
+                                                _weighted_auroc, delong_test, macro_auroc, per_class_auroc, too_few_to_measure)
 from ..train.learner import predict
 from ..train.stages import stage_dataset
 
@@ -74,16 +74,21 @@ class _AUCResamples:
     def __init__(self, n_bootstrap: int, seed: int, images: int, stats: np.ndarray):
         self.key, self.stats = (n_bootstrap, seed, images), stats
 
+def _measured(y: np.ndarray) -> list[int]:
+    "The columns of `y` with enough positives and negatives for a CI (`metrics.classification.too_few_to_measure`)."
+    return [k for k in range(y.shape[1]) if not too_few_to_measure(y[:, k])]
+
 def auc_table(pred: pd.DataFrame, labels: Sequence[str], n_bootstrap: int = 1000, seed: int = 0,
               confidence: float = 0.95) -> pd.DataFrame:
-    "Per-class AUROC of a prediction table with a patient-clustered bootstrap CI: label, auc, low, high (resamples kept for `mean_auc_ci`)."
+    "Per-class AUROC with a patient-clustered bootstrap CI: label, auc, low, high, n_skipped, note (too few to measure: no CI)."
     _check_bootstrap_args(n_bootstrap, confidence)
     y, p = _check_scores(*prediction_arrays(pred, labels))
     auc = per_class_auroc(y, p, labels, skip_single_class=True)
-    stats = _resampled_aucs(y, p, _two_valued(y), n_bootstrap, seed, pred['patient_id'].to_numpy())
-    rows = [(name, *(_percentile_ci(a, stats[:, k], confidence) if np.isfinite(a) else CI(np.nan, np.nan, np.nan, n_bootstrap)))
-            for k, (name, a) in enumerate(auc.items())]
-    out = pd.DataFrame(rows, columns=['label', 'auc', 'low', 'high', 'n_skipped'])
+    stats = _resampled_aucs(y, p, _measured(y), n_bootstrap, seed, pred['patient_id'].to_numpy())
+    notes = [too_few_to_measure(y[:, k]) for k in range(y.shape[1])]
+    rows = [(name, *(_percentile_ci(a, stats[:, k], confidence, note) if np.isfinite(a) or note else CI(np.nan, np.nan, np.nan, n_bootstrap)))
+            for k, ((name, a), note) in enumerate(zip(auc.items(), notes))]
+    out = pd.DataFrame(rows, columns=['label', 'auc', 'low', 'high', 'n_skipped', 'note'])
     out.attrs['auc_resamples'] = _AUCResamples(n_bootstrap, seed, len(pred), stats)
     return out
 
@@ -95,15 +100,17 @@ def mean_auc_ci(pred: pd.DataFrame, # prediction table: image, patient_id, y_<la
                 confidence: float = 0.95, # CI level
                 per_class: pd.DataFrame | None = None, # this table's `auc_table` (same n_bootstrap and seed): its resamples are reused
                ) -> dict:
-    "`{'metric': 'mean_auc', 'value', 'low', 'high', 'n_classes'}`, patient-clustered bootstrap (reusing `per_class`'s resamples: `auc_table`)."
+    "`{'metric': 'mean_auc', 'value', 'low', 'high', 'n_classes'}` over the measurable classes; none: None and a `note` (too few to measure)."
     y, p = prediction_arrays(pred, labels)
-    both = _two_valued(y)
-    if not both: raise CXRDataError(f"no label has both positive and negative test images among {len(pred)}; no AUROC to report")
+    if not _two_valued(y): raise CXRDataError(f"no label has both positive and negative test images among {len(pred)}; no AUROC to report")
+    note = too_few_to_measure(y)
+    if note: return {'metric': 'mean_auc', 'value': None, 'low': None, 'high': None, 'n_classes': 0, 'note': note}
+    both = _measured(y)
     r = None if per_class is None else per_class.attrs.get('auc_resamples')
     if r is None or r.key != (n_bootstrap, seed, len(pred)):
         r = auc_table(pred, labels, n_bootstrap, seed, confidence).attrs['auc_resamples']
     a = r.stats[:, both]
-    n = np.isfinite(a).sum(1)   # per resample: the mean over the classes with both values in it
+    n = np.isfinite(a).sum(1)   # per resample: the mean over the measured classes with both values in it
     ci = _percentile_ci(macro_auroc(y[:, both], p[:, both], skip_single_class=True),
                         np.where(n > 0, np.nansum(a, 1) / np.maximum(n, 1), np.nan), confidence)
     return {'metric': 'mean_auc', 'value': float(ci.value), 'low': float(ci.low), 'high': float(ci.high), 'n_classes': len(both)}

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from ..core import CXRDataError, require_columns
 from .predictions import mean_auc_ci, prediction_arrays
+from ..metrics.classification import too_few_to_measure
 
 # %% auto #0
 __all__ = ['ATTRIBUTE_ALIASES', 'SUBGROUP_COLUMNS', 'subgroup_table']
@@ -33,17 +34,17 @@ def _with_metadata(pred: pd.DataFrame, columns: Sequence[str], images: pd.DataFr
 
 # %% ../../nbs/eval/62_subgroups.ipynb #1ab13d2e
 SUBGROUP_COLUMNS: tuple[str, ...] = ('attribute', 'value', 'images', 'patients', 'mean_auc', 'low', 'high',
-                                     'n_classes', 'n_skipped', 'skipped')
+                                     'n_classes', 'n_skipped', 'skipped', 'note')
 
 def _mean_auc_row(pred: pd.DataFrame, labels: Sequence[str], n_bootstrap: int, seed: int, confidence: float) -> dict:
-    "Images, patients and mean AUROC with a patient bootstrap CI over the classes with both values in `pred`."
+    "Images, patients and mean AUROC with a patient bootstrap CI over the classes of `pred` with enough positives and negatives to measure."
     y, p = prediction_arrays(pred, labels)
-    both = [len(np.unique(y[~np.isnan(y[:, k]), k])) == 2 for k in range(len(labels))]
-    skipped = [l for l, b in zip(labels, both) if not b]
+    measured = [not too_few_to_measure(y[:, k]) for k in range(len(labels))]
+    skipped = [l for l, b in zip(labels, measured) if not b]
     row = {'images': len(pred), 'patients': pred['patient_id'].nunique(), 'mean_auc': np.nan, 'low': np.nan, 'high': np.nan,
-           'n_classes': sum(both), 'n_skipped': len(skipped), 'skipped': ', '.join(skipped)}
-    if any(both):
-        ci = mean_auc_ci(pred, [l for l, b in zip(labels, both) if b], n_bootstrap, seed, confidence)
+           'n_classes': sum(measured), 'n_skipped': len(skipped), 'skipped': ', '.join(skipped), 'note': too_few_to_measure(y)}
+    if any(measured):
+        ci = mean_auc_ci(pred, [l for l, b in zip(labels, measured) if b], n_bootstrap, seed, confidence)
         row.update(mean_auc=ci['value'], low=ci['low'], high=ci['high'])
     return row
 

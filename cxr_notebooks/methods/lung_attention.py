@@ -23,7 +23,7 @@ from ..data.splits import check_patient_disjoint
 from ..eval.paper import Citation
 from ..explain.gradcam import grad_cam
 from ..losses.attention import ATTENTION_MEASURES, ATTENTION_VARIANTS, AttentionLoss, cam_mass_in_prior, in_prior_fraction, parse_lambda
-from ..metrics.classification import bootstrap_ci, confusion_metrics, youden_threshold
+from ..metrics.classification import CI, bootstrap_ci, confusion_metrics, too_few_to_measure, youden_threshold
 from ..models.lungseg import SEGMENTERS, LungSegmenter, lung_box, lung_segmenter
 from ..train.learner import predict
 from ..train.stages import Stage, StagesResult, stage_dataset, train_stages
@@ -35,9 +35,9 @@ __all__ = ['PAPER', 'PROFILES', 'TASKS', 'TASK_LABELS', 'PAPER_MODELS', 'SWEEP_T
            'CHOICES', 'task_classes', 'parse_lambdas', 'prior_region', 'lung_boxes', 'image_finding',
            'with_prior_masks', 'shared_patients', 'nih_task_split', 'task_summary', 'phantom_task_split',
            'byo_task_split', 'check_cam_target', 'AttentionStep', 'val_accuracy', 'train_lung_attention', 'eval_loader',
-           'predict_probs', 'cam_in_prior', 'seed000_scores', 'seed000_table', 'validation_threshold', 'run_settings',
-           'train_and_evaluate', 'sweep_table', 'plot_priors', 'plot_in_prior', 'reading', 'cam_grid',
-           'table_consistency']
+           'predict_probs', 'cam_in_prior', 'seed000_scores', 'seed000_too_few', 'toy_test_note', 'seed000_table',
+           'seed000_headline', 'validation_threshold', 'run_settings', 'train_and_evaluate', 'sweep_table',
+           'plot_priors', 'plot_in_prior', 'reading', 'cam_grid', 'table_consistency']
 
 # %% ../../nbs/methods/81_lung_attention.ipynb #24aa5942
 PAPER: dict = dict(seed='000', source='000_b327a660d03fbc7d.txt',
@@ -438,6 +438,19 @@ def seed000_scores(y: np.ndarray, probs: np.ndarray, threshold: float | None = N
     return dict(accuracy=accuracy_score(y, pred), precision=precision_score(y, pred, average='weighted', zero_division=0),
                 f1=f1_score(y, pred, average='weighted', zero_division=0), auc=float(auc), **{m: float(cm[m]) for m in cm.index})
 
+def seed000_too_few(y: np.ndarray, n_classes: int) -> str | None:
+    "`too_few_to_measure` of seed 000's test classes (indices `y`): class 1 vs 0 for two classes, each one-vs-rest for more; None: enough."
+    y = np.asarray(y)
+    return next(((f'class {k}: ' if n_classes > 2 else '') + n for k in ([1] if n_classes == 2 else range(n_classes))
+                 if (n := too_few_to_measure(y == k))), None)
+
+def toy_test_note(test: pd.DataFrame, classes: Sequence[str], profile: str) -> str:
+    "A clause for the setup line when seed 000's `test` part is too few to measure (and where to measure instead), else ''."
+    note = seed000_too_few(test[list(classes)].to_numpy().argmax(1), len(classes))
+    if note is None: return ''
+    instead = 'more phantoms (-p n_images 400)' if profile == 'phantom' else 'the phantom experiment (-p profile phantom)'
+    return f"; toy test part, no CIs ({note}); the attention question is measured on {instead}"
+
 def seed000_table(y: np.ndarray, # class indices of the test images
                   probs: np.ndarray, # (N, C) test probabilities
                   threshold: float | None, # from `youden_threshold` on validation (binary), None for argmax
@@ -445,13 +458,21 @@ def seed000_table(y: np.ndarray, # class indices of the test images
                   n_bootstrap: int = 1000, # resamples
                   seed: int = 0, # bootstrap seed
                  ) -> pd.DataFrame:
-    "Each of `SEED000_TABLE_METRICS` with a 95% percentile-bootstrap CI: columns metric, value, low, high."
-    rows, point = [], seed000_scores(y, probs, threshold)
+    "Each of `SEED000_TABLE_METRICS` with a 95% percentile-bootstrap CI: metric, value, low, high, note (too few to measure: no CI)."
+    rows, point, note = [], seed000_scores(y, probs, threshold), seed000_too_few(y, np.shape(probs)[1])
     for m in SEED000_TABLE_METRICS:
-        try: ci = bootstrap_ci(y, probs, lambda yt, ys, m=m: seed000_scores(yt, ys, threshold)[m], n_bootstrap, seed, groups)
-        except CXRDataError: ci = (point[m], np.nan, np.nan)   # undefined in every resample (e.g. DP at a perfect score: infinite)
-        rows.append(dict(metric=m, value=ci[0], low=ci[1], high=ci[2]))
+        if note: ci = CI(point[m], np.nan, np.nan, 0, note)
+        else:   # minimum=0: the rule was applied per class above (`bootstrap_ci` would read class indices as 0/1 labels)
+            try: ci = bootstrap_ci(y, probs, lambda yt, ys, m=m: seed000_scores(yt, ys, threshold)[m], n_bootstrap, seed, groups, minimum=0)
+            except CXRDataError: ci = CI(point[m], np.nan, np.nan)   # undefined in every resample (e.g. DP at a perfect score: infinite)
+        rows.append(dict(metric=m, value=ci.value, low=ci.low, high=ci.high, note=note))
     return pd.DataFrame(rows)
+
+def seed000_headline(result: dict) -> dict:
+    "The headline of a `train_and_evaluate` result: its test AUC with CI, or no number and the note when the test part is too few."
+    auc, note = result['metrics'].set_index('metric').loc['auc'], result.get('note')
+    return dict(metric=f"auc ({result['setting']})", value=None if note else auc['value'], low=None if note else auc['low'],
+                high=None if note else auc['high'], note=note)
 
 def validation_threshold(y_val: np.ndarray, probs_val: np.ndarray) -> float | None:
     "Youden's threshold on the validation part for a binary task, None (argmax) for more classes."
@@ -502,19 +523,22 @@ def train_and_evaluate(lam: str, # a λ name ('1', '0.5', 'adaptive', ...)
     thr = validation_threshold(y['val'], p['val'])
     metrics = seed000_table(y['test'], p['test'], thr, test['patient_id'].to_numpy(), cfg.n_bootstrap, cfg.seed)
     cams = cam_in_prior(model, test, classes, cfg.image_size, cfg.threshold, cfg.cam_layer, cfg.cam_target, device=device, num_workers=cfg.num_workers)
-    ci = {c: bootstrap_ci(np.zeros(len(cams)), cams[c].to_numpy(), lambda _, v: float(np.mean(v)), cfg.n_bootstrap, cfg.seed) for c in PRIOR_MEASURES}
+    note = seed000_too_few(y['test'], len(classes))   # a toy test part: no CI for the metrics, nor for the means over its positives
+    ci = {c: CI(float(cams[c].mean()), np.nan, np.nan, 0, note) if note else
+             bootstrap_ci(np.zeros(len(cams)), cams[c].to_numpy(), lambda _, v: float(np.mean(v)), cfg.n_bootstrap, cfg.seed, minimum=0)
+          for c in PRIOR_MEASURES}   # minimum=0: a mean over the test positives, no class labels to count
     ci['in_prior'] = ci[cfg.attention_measure]                        # the run's own measure, under one name for the tables
     pd.DataFrame({'image': test['image'], 'patient_id': test['patient_id'], 'y': y['test'], **{f'y_{c}': (y['test'] == k).astype(float) for k, c in enumerate(classes)},
                   **{f'p_{c}': p['test'][:, k] for k, c in enumerate(classes)}}).to_csv(out / 'test_predictions.csv', index=False)
     metrics.to_csv(out / 'test_metrics.csv', index=False); cams.to_csv(out / 'test_cams.csv', index=False)
-    return dict(setting=name, lam=lam, variant=variant, threshold=thr, model=model, history=res.history, metrics=metrics, cams=cams,
+    return dict(setting=name, lam=lam, variant=variant, threshold=thr, model=model, history=res.history, metrics=metrics, cams=cams, note=note,
                 epochs_run=len(res.history), **{c: v.value for c, v in ci.items()}, **{f'{c}_low': v.low for c, v in ci.items()},
                 **{f'{c}_high': v.high for c, v in ci.items()})
 
 def sweep_table(results: Sequence[dict]) -> pd.DataFrame:
     "One row per trained setting (`train_and_evaluate` results): its prior measures and every metric, each with its CI."
     prior = [f'{c}{s}' for c in ('in_prior', *PRIOR_MEASURES) for s in ('', '_low', '_high')]
-    return pd.DataFrame([{k: r[k] for k in ('setting', 'lam', 'variant', 'threshold', 'epochs_run', *prior)}
+    return pd.DataFrame([{k: r[k] for k in ('setting', 'lam', 'variant', 'threshold', 'epochs_run', *prior)} | {'note': r.get('note')}
                          | {f'{m}{s}': v for s, col in (('', 'value'), ('_low', 'low'), ('_high', 'high')) for m, v in zip(r['metrics']['metric'], r['metrics'][col])}
                          for r in results])
 
@@ -565,6 +589,8 @@ def reading(sweep: pd.DataFrame, measure: str, setup: str) -> str:
               f"(AUCs {', '.join(f'{a:.3f}' for a in sweep['auc'])}); Grad-CAM of a model at chance says little about attention to a lesion."
               if learnt.empty else
               f"- Learnt the task (test AUC CI above 0.5): {', '.join(f'{r.setting} {r.auc:.3f} [{r.auc_low:.3f}, {r.auc_high:.3f}]' for r in learnt.itertuples())}.")]
+    note = sweep['note'].dropna() if 'note' in sweep else pd.Series(dtype=object)
+    if len(note): return '\n'.join(lines[:1] + [f"- **Too few to measure** ({note.iloc[0]}): point estimates only, no CIs; nothing to read from them."])
     base = sweep[sweep['lam'] == '1']
     if base.empty: return '\n'.join(lines + ["- No λ = 1 run in this sweep: nothing to compare the attention settings with."])
     b = base.iloc[0]

@@ -92,20 +92,20 @@ def micro_auc_table(preds: Mapping[str, pd.DataFrame], # model name -> predictio
                     n_bootstrap: int = 1000, # bootstrap resamples (patients)
                     seed: int = 0, # bootstrap seed
                    ) -> pd.DataFrame:
-    "Micro-AUC with a patient-level bootstrap CI per model: model, backbone, attention, micro_auc, low, high."
+    "Micro-AUC with a patient-level bootstrap CI per model: model, backbone, attention, micro_auc, low, high, note (too few to measure: no CI)."
     rows = []
     for m, pred in preds.items():
         y, p = prediction_arrays(pred, labels)
         ci = micro_auroc_ci(y, p, n_bootstrap, seed, groups=pred['patient_id'].to_numpy())
-        rows.append((m, _backbone(m), m.endswith('_sa'), ci.value, ci.low, ci.high))
-    return pd.DataFrame(rows, columns=['model', 'backbone', 'attention', 'micro_auc', 'low', 'high'])
+        rows.append((m, _backbone(m), m.endswith('_sa'), ci.value, ci.low, ci.high, ci.note))
+    return pd.DataFrame(rows, columns=['model', 'backbone', 'attention', 'micro_auc', 'low', 'high', 'note'])
 
 def attention_gain_table(preds: Mapping[str, pd.DataFrame], # model name -> prediction table, `<b>` and `<b>_sa` on the same images
                          labels: Sequence[str], # label columns
                          n_bootstrap: int = 1000, # bootstrap resamples (patients), the same for both models
                          seed: int = 0, # bootstrap seed
                         ) -> pd.DataFrame:
-    "Per backbone with both models: micro-AUC without and with attention, the gain and its paired bootstrap CI."
+    "Per backbone with both models: micro-AUC without and with attention, the gain and its paired bootstrap CI (`note`: why none)."
     rows = []
     for b in dict.fromkeys(_backbone(m) for m in preds):
         if b not in preds or f'{b}_sa' not in preds: continue
@@ -113,8 +113,8 @@ def attention_gain_table(preds: Mapping[str, pd.DataFrame], # model name -> pred
         if list(plain['image']) != list(sa['image']): raise CXRDataError(f"{b} and {b}_sa were tested on different images; the gain needs the same ones")
         (y, p0), (_, p1) = prediction_arrays(plain, labels), prediction_arrays(sa, labels)
         ci = micro_auroc_difference_ci(y, p0, p1, n_bootstrap, seed, groups=plain['patient_id'].to_numpy())
-        rows.append((b, micro_auroc(y, p0), micro_auroc(y, p1), ci.value, ci.low, ci.high))
-    return pd.DataFrame(rows, columns=['backbone', 'micro_auc_without', 'micro_auc_with', 'gain', 'low', 'high'])
+        rows.append((b, micro_auroc(y, p0), micro_auroc(y, p1), ci.value, ci.low, ci.high, ci.note))
+    return pd.DataFrame(rows, columns=['backbone', 'micro_auc_without', 'micro_auc_with', 'gain', 'low', 'high', 'note'])
 
 # %% ../../nbs/methods/83_spatial_attention.ipynb #e4e8ac47
 def paper_comparison(micro: pd.DataFrame, # `micro_auc_table`
@@ -181,7 +181,7 @@ def early_lift_tables(preds: Mapping[str, pd.DataFrame], # model name -> predict
     "`early_lift_table` of every model's predictions (patient-level bootstrap), with a `model` column first."
     return pd.concat([early_lift_table(*prediction_arrays(p, labels), labels, fprs, max_fpr, n_bootstrap, seed,
                                        groups=p['patient_id'].to_numpy()).assign(model=m)
-                      for m, p in preds.items()], ignore_index=True)[['model', 'label', 'metric', 'value', 'low', 'high', 'n_skipped']]
+                      for m, p in preds.items()], ignore_index=True)[['model', 'label', 'metric', 'value', 'low', 'high', 'n_skipped', 'note']]
 
 def plot_early_lift(preds: Mapping[str, pd.DataFrame], # model -> prediction table
                     labels: Sequence[str], # label columns

@@ -13,10 +13,10 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, hamming_loss, pre
 from ..core import CXRDataError
 
 # %% auto #0
-__all__ = ['REPORT_COLUMNS', 'SEED000_METRICS', 'per_class_auroc', 'macro_auroc', 'classification_report_table', 'youden_index',
-           'discriminant_power', 'binary_confusion_metrics', 'one_vs_rest_metrics', 'confusion_metrics',
-           'column_thresholds', 'youden_threshold', 'CI', 'bootstrap_ci', 'per_class_auroc_ci', 'macro_auroc_ci',
-           'DeLongResult', 'delong_auc_cov', 'delong_test', 'delong_ci']
+__all__ = ['REPORT_COLUMNS', 'SEED000_METRICS', 'MIN_PER_CLASS', 'per_class_auroc', 'macro_auroc', 'classification_report_table',
+           'youden_index', 'discriminant_power', 'binary_confusion_metrics', 'one_vs_rest_metrics', 'confusion_metrics',
+           'column_thresholds', 'youden_threshold', 'too_few_to_measure', 'ci_text', 'CI', 'bootstrap_ci',
+           'per_class_auroc_ci', 'macro_auroc_ci', 'DeLongResult', 'delong_auc_cov', 'delong_test', 'delong_ci']
 
 # %% ../../nbs/metrics/20_classification.ipynb #2d1d37ad
 def _check_labels(y_true: np.ndarray) -> None:
@@ -188,13 +188,43 @@ def youden_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float | np.ndar
     "The score threshold maximising Youden's J = TPR − FPR on scikit-learn's `roc_curve` (one per column for 2-D scores)."
     return column_thresholds(y_true, y_score, _youden_best, 'the ROC curve')
 
+# %% ../../nbs/metrics/20_classification.ipynb #a7b8c9d0
+#: positives AND negatives a class needs among the test images for a CI or a headline (fewer: the point estimate alone, with a note)
+MIN_PER_CLASS: int = 20
+
+def too_few_to_measure(y_true: np.ndarray, minimum: int = MIN_PER_CLASS) -> str | None:
+    "Why 0/1 labels (NaN: unknown, left out) are too few for a CI: under `minimum` positives or negatives; (N, K): only if no class has enough."
+    if minimum < 0: raise ValueError(f"minimum is {minimum}; expected a count of positives and negatives, 0 or more")
+    y = np.asarray(y_true, dtype=float)
+    y = y.reshape(len(y), -1) if y.ndim else y.reshape(1, 1)
+    bad = ~np.isnan(y) & ~np.isin(y, (0, 1))
+    if bad.any(): raise CXRDataError(f"y_true holds {y[bad][0]:g}; expected 0/1 labels of one class per column (one-vs-rest for class indices)")
+    pos, neg = np.nansum(y == 1, 0).astype(int), np.nansum(y == 0, 0).astype(int)
+    k = int(np.argmax(np.minimum(pos, neg)))   # the class nearest to the minimum speaks for all
+    if min(pos[k], neg[k]) >= minimum: return None
+    what = f"n = {pos[k] + neg[k]} ({pos[k]} positive, {neg[k]} negative)" + (f" in the best of {y.shape[1]} classes" if y.shape[1] > 1 else '')
+    return f"{what}: too few to measure (a CI needs at least {minimum} of each)"
+
+def ci_text(value: float | None, # the point estimate (None or NaN: none)
+            low: float | None = None, # the CI's lower end (None or NaN: no CI)
+            high: float | None = None, # its upper end
+            note: str | None = None, # why there is no CI (`too_few_to_measure`)
+            digits: int = 3, # decimals
+           ) -> str:
+    "'0.812 [0.780, 0.840]'; with a `note` the note (after the point estimate, marked, when there is one); '—' when nothing is known."
+    fmt = lambda v: None if v is None or not np.isfinite(v) else f'{v:.{digits}f}'
+    v, lo, hi = fmt(value), fmt(low), fmt(high)
+    if isinstance(note, str) and note: return note if v is None else f'{v} (point estimate only; {note})'
+    return (v or '—') if lo is None or hi is None else f'{v} [{lo}, {hi}]'
+
 # %% ../../nbs/metrics/20_classification.ipynb #c1be00c3
 class CI(NamedTuple):
-    "A point estimate with its confidence interval; `n_skipped` bootstrap resamples had no defined value."
+    "A point estimate with its confidence interval; `n_skipped` bootstrap resamples had no defined value; `note`: why there is no interval."
     value: float
     low: float
     high: float
     n_skipped: int = 0
+    note: str | None = None   # set (by `too_few_to_measure`) when low and high are NaN: the sample is too small for an interval
 
 def _bootstrap_counts(n: int, n_resamples: int, seed: int, groups: Sequence | None = None):
     "Yield (b, n) arrays: how often each sample is drawn in each resample (patients drawn when `groups`)."
@@ -222,8 +252,9 @@ def _weighted_auroc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray
     with np.errstate(divide='ignore', invalid='ignore'):
         return np.where(pairs > 0, (pos * (cum_neg - neg + 0.5 * neg)).sum(1) / pairs, np.nan)
 
-def _percentile_ci(value: float, stats: np.ndarray, confidence: float) -> CI:
-    "Percentile interval of the finite bootstrap `stats`."
+def _percentile_ci(value: float, stats: np.ndarray | None, confidence: float, note: str | None = None) -> CI:
+    "Percentile interval of the finite bootstrap `stats`; with a `note` (`too_few_to_measure`) the point estimate alone, NaN ends."
+    if note: return CI(float(value), np.nan, np.nan, 0, note)
     ok = np.isfinite(stats)
     if not ok.any(): raise CXRDataError(f"the metric was undefined in all {len(stats)} bootstrap resamples (one class only?)")
     low, high = np.quantile(stats[ok], [(1 - confidence) / 2, (1 + confidence) / 2])
@@ -239,9 +270,16 @@ def _call_or_nan(metric: Callable, y_true: np.ndarray, y_score: np.ndarray) -> f
     try: return float(metric(y_true, y_score))
     except ValueError: return np.nan
 
-def bootstrap_ci(y_true: np.ndarray, y_score: np.ndarray, metric: str | Callable = 'auroc', n_resamples: int = 1000,
-                 seed: int = 0, groups: Sequence | None = None, confidence: float = 0.95) -> CI:
-    "Percentile bootstrap CI of `metric(y_true, y_score)` (`'auroc'` is vectorised); `groups` = patient ids for a patient-level bootstrap."
+def bootstrap_ci(y_true: np.ndarray, # labels (0/1 unless minimum=0)
+                 y_score: np.ndarray, # scores
+                 metric: str | Callable = 'auroc', # 'auroc' (vectorised) or metric(y_true, y_score)
+                 n_resamples: int = 1000, # bootstrap resamples
+                 seed: int = 0, # bootstrap seed
+                 groups: Sequence | None = None, # patient ids: a patient-level bootstrap
+                 confidence: float = 0.95, # CI level
+                 minimum: int = MIN_PER_CLASS, # positives and negatives needed for an interval (`too_few_to_measure`); 0: y_true is no class label
+                ) -> CI:
+    "Percentile bootstrap CI of `metric(y_true, y_score)`; below `minimum` positives or negatives the point estimate alone, with a note."
     _check_bootstrap_args(n_resamples, confidence)
     if n_resamples < 2: raise ValueError(f"n_resamples is {n_resamples}; a bootstrap interval needs at least 2 resamples (e.g. 1000): "
                                          f"from one, both ends are that resample's value, which may exclude the estimate")
@@ -252,6 +290,8 @@ def bootstrap_ci(y_true: np.ndarray, y_score: np.ndarray, metric: str | Callable
     if metric == 'auroc' or metric is roc_auc_score:
         yt, ys = _check_scores(y_true, y_score)
         if yt.shape[1] != 1: raise CXRDataError(f"metric='auroc' needs 1-D y_true and y_score, got {yt.shape[1]} columns; use per_class_auroc_ci")
+        note = too_few_to_measure(yt, minimum)
+        if note: return _percentile_ci(_call_or_nan(roc_auc_score, yt[:, 0], ys[:, 0]), None, confidence, note)
         value = per_class_auroc(yt, ys, ['y_true']).iloc[0]
         stats = np.concatenate([_weighted_auroc(yt[:, 0] == 1, ys[:, 0], c) for c in _bootstrap_counts(len(yt), n_resamples, seed, groups)])
         return _percentile_ci(value, stats, confidence)
@@ -259,37 +299,52 @@ def bootstrap_ci(y_true: np.ndarray, y_score: np.ndarray, metric: str | Callable
     yt, ys = np.asarray(y_true), np.asarray(y_score)
     if len(yt) != len(ys): raise CXRDataError(f"y_true has {len(yt)} rows but y_score has {len(ys)}; expected equal lengths")
     if len(yt) == 0: raise CXRDataError("y_true is empty; expected the labels of at least one image")
+    note = too_few_to_measure(yt, minimum) if minimum else None
+    if note: return _percentile_ci(_call_or_nan(metric, yt, ys), None, confidence, note)
     idx = np.arange(len(yt))
     stats = np.array([_call_or_nan(metric, yt[take], ys[take]) for counts in _bootstrap_counts(len(yt), n_resamples, seed, groups)
                       for take in (np.repeat(idx, c) for c in counts)])
     return _percentile_ci(metric(yt, ys), stats, confidence)
 
-def per_class_auroc_ci(y_true: np.ndarray, # (N, C) 0/1 labels
-                       y_score: np.ndarray, # (N, C) scores
-                       labels: Sequence[str] | None = None, # class names (default: '0', '1', ...)
+def per_class_auroc_ci(y_true: np.ndarray, # (N, K) 0/1 labels
+                       y_score: np.ndarray, # (N, K) scores
+                       labels: Sequence[str] | None = None, # the K class names
                        n_resamples: int = 1000, # bootstrap resamples
-                       seed: int = 0, # seeds the resampling
-                       groups: Sequence | None = None, # a group (patient) per row: resample whole groups
-                       confidence: float = 0.95, # the CI's level
-                       skip_single_class: bool = False, # a class with one value in `y_true` gets NaN instead of an error
+                       seed: int = 0, # bootstrap seed
+                       groups: Sequence | None = None, # patient ids: a patient-level bootstrap
+                       confidence: float = 0.95, # CI level
+                       skip_single_class: bool = False, # NaN (not an error) for a class with one value
+                       minimum: int = MIN_PER_CLASS, # positives and negatives a class needs for an interval (`too_few_to_measure`)
                       ) -> pd.DataFrame:
-    "AUROC and percentile bootstrap CI per class (the same resamples for all classes): columns label, auc, low, high, n_skipped."
+    "AUROC and percentile bootstrap CI per class (the same resamples for all): label, auc, low, high, n_skipped, note (why no CI)."
     _check_bootstrap_args(n_resamples, confidence)
     yt, ys = _check_scores(y_true, y_score)
     auc = per_class_auroc(yt, ys, labels, skip_single_class)
+    notes = [too_few_to_measure(yt[:, k], minimum) for k in range(yt.shape[1])]
     stats = [[] for _ in auc]
     for counts in _bootstrap_counts(len(yt), n_resamples, seed, groups):
         for k, a in enumerate(auc):
-            if np.isfinite(a): stats[k].append(_weighted_auroc(yt[:, k] == 1, ys[:, k], counts))
-    rows = [(name, *(_percentile_ci(a, np.concatenate(s), confidence) if s else CI(np.nan, np.nan, np.nan, n_resamples)))
-            for (name, a), s in zip(auc.items(), stats)]
-    return pd.DataFrame(rows, columns=['label', 'auc', 'low', 'high', 'n_skipped'])
+            if np.isfinite(a) and not notes[k]: stats[k].append(_weighted_auroc(yt[:, k] == 1, ys[:, k], counts))
+    rows = [(name, *(_percentile_ci(a, np.concatenate(s) if s else None, confidence, note) if s or note
+                     else CI(np.nan, np.nan, np.nan, n_resamples)))
+            for (name, a), s, note in zip(auc.items(), stats, notes)]
+    return pd.DataFrame(rows, columns=['label', 'auc', 'low', 'high', 'n_skipped', 'note'])
 
-def macro_auroc_ci(y_true: np.ndarray, y_score: np.ndarray, n_resamples: int = 1000, seed: int = 0,
-                   groups: Sequence | None = None, confidence: float = 0.95) -> CI:
-    "`macro_auroc` (single-class columns skipped, in the data and in each resample) with a vectorised percentile bootstrap CI."
+def macro_auroc_ci(y_true: np.ndarray, # (N, K) 0/1 labels
+                   y_score: np.ndarray, # (N, K) scores
+                   n_resamples: int = 1000, # bootstrap resamples
+                   seed: int = 0, # bootstrap seed
+                   groups: Sequence | None = None, # patient ids: a patient-level bootstrap
+                   confidence: float = 0.95, # CI level
+                   minimum: int = MIN_PER_CLASS, # positives and negatives a class needs to be averaged (`too_few_to_measure`)
+                  ) -> CI:
+    "`macro_auroc` over the classes with `minimum` positives and negatives, percentile bootstrap CI; none such: the mean of all, no CI, a note."
     _check_bootstrap_args(n_resamples, confidence)
     yt, ys = _check_scores(y_true, y_score)
+    note = too_few_to_measure(yt, minimum)
+    if note: return _percentile_ci(macro_auroc(yt, ys, skip_single_class=True), None, confidence, note)
+    keep = [k for k in range(yt.shape[1]) if not too_few_to_measure(yt[:, k], minimum)]
+    yt, ys = yt[:, keep], ys[:, keep]
     stats = []
     for counts in _bootstrap_counts(len(yt), n_resamples, seed, groups):
         a = np.stack([_weighted_auroc(yt[:, k] == 1, ys[:, k], counts) for k in range(yt.shape[1])], axis=1)

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 from ..core import CXRDataError
-from .classification import (CI, _bootstrap_counts, _check_bootstrap_args, _check_scores, _percentile_ci,
-                                                _weighted_auroc, bootstrap_ci)
+from .classification import (CI, MIN_PER_CLASS, _bootstrap_counts, _check_bootstrap_args, _check_scores,
+                                                _percentile_ci, _weighted_auroc, bootstrap_ci, too_few_to_measure)
 
 # %% auto #0
 __all__ = ['micro_auroc', 'micro_auroc_ci', 'micro_auroc_difference_ci', 'sensitivity_at_fpr', 'standardized_partial_auc',
@@ -33,14 +33,20 @@ def _pair_units(yt: np.ndarray, groups: Sequence | None) -> tuple[np.ndarray, np
     keep = ~np.isnan(yt)
     return keep, np.broadcast_to(units[:, None], yt.shape)[keep]
 
-def micro_auroc_ci(y_true: np.ndarray, y_score: np.ndarray, n_resamples: int = 1000, seed: int = 0,
-                   groups: Sequence | None = None, confidence: float = 0.95) -> CI:
-    "`micro_auroc` with a percentile bootstrap CI resampling images (patients when `groups`, one id per image), vectorised."
+def micro_auroc_ci(y_true: np.ndarray, # (N, K) 0/1 labels (NaN: unknown, left out)
+                   y_score: np.ndarray, # (N, K) scores
+                   n_resamples: int = 1000, # bootstrap resamples
+                   seed: int = 0, # bootstrap seed
+                   groups: Sequence | None = None, # patient ids (one per image) for a patient-level bootstrap
+                   confidence: float = 0.95, # CI level
+                   minimum: int = MIN_PER_CLASS, # positive and negative pairs needed for a CI (`too_few_to_measure`)
+                  ) -> CI:
+    "`micro_auroc` with a vectorised percentile bootstrap CI (images, or patients with `groups`); too few pairs: no CI, a note."
     yt, ys = np.asarray(y_true, dtype=float), np.asarray(y_score, dtype=float)
     value = micro_auroc(yt, ys)   # checks shapes, labels and scores
     yt, ys = yt.reshape(len(yt), -1), ys.reshape(len(ys), -1)
     keep, units = _pair_units(yt, groups)
-    return bootstrap_ci(yt[keep], ys[keep], 'auroc', n_resamples, seed, units, confidence)._replace(value=value)
+    return bootstrap_ci(yt[keep], ys[keep], 'auroc', n_resamples, seed, units, confidence, minimum)._replace(value=value)
 
 def micro_auroc_difference_ci(y_true: np.ndarray, # (N, K) 0/1 labels (NaN: unknown, left out)
                               score_a: np.ndarray, # (N, K) scores of model a (e.g. without attention)
@@ -49,14 +55,17 @@ def micro_auroc_difference_ci(y_true: np.ndarray, # (N, K) 0/1 labels (NaN: unkn
                               seed: int = 0, # bootstrap seed
                               groups: Sequence | None = None, # patient ids (one per image) for a patient-level bootstrap
                               confidence: float = 0.95, # CI level
+                              minimum: int = MIN_PER_CLASS, # positive and negative pairs needed for a CI (`too_few_to_measure`)
                              ) -> CI:
-    "micro-AUROC of b minus a on the same images, with a paired percentile bootstrap CI (both models under each resample), vectorised."
+    "micro-AUROC of b minus a on the same images, with a paired percentile bootstrap CI (both models under each resample); too few: a note."
     _check_bootstrap_args(n_resamples, confidence)
     yt, a, b = (np.asarray(v, dtype=float) for v in (y_true, score_a, score_b))
     if a.shape != b.shape: raise CXRDataError(f"score_a has shape {a.shape} but score_b has {b.shape}; expected one score per (image, class) from each model")
     value = micro_auroc(yt, b) - micro_auroc(yt, a)   # checks shapes, labels and scores
     yt, a, b = (v.reshape(len(v), -1) for v in (yt, a, b))
     keep, units = _pair_units(yt, groups)
+    note = too_few_to_measure(yt[keep], minimum)
+    if note: return _percentile_ci(value, None, confidence, note)
     pos, a, b = yt[keep] == 1, a[keep], b[keep]
     stats = np.concatenate([_weighted_auroc(pos, b, c) - _weighted_auroc(pos, a, c)
                             for c in _bootstrap_counts(len(pos), n_resamples, seed, units)])
@@ -152,8 +161,9 @@ def early_lift_table(y_true: np.ndarray, # (N, K) 0/1 labels (NaN: unknown, left
                      groups: Sequence | None = None, # patient ids (one per image) for a patient-level bootstrap
                      confidence: float = 0.95, # CI level
                      micro: bool = True, # add the `micro` rows
+                     minimum: int = MIN_PER_CLASS, # positives and negatives a row needs for a CI (`too_few_to_measure`)
                     ) -> pd.DataFrame:
-    "Sensitivity at fixed FPRs and standardized partial AUC per class (and micro) with bootstrap CIs: label, metric, value, low, high, n_skipped."
+    "Sensitivity at fixed FPRs and spAUC per class (and micro) with bootstrap CIs: label, metric, value, low, high, n_skipped, note (why no CI)."
     yt, ys = np.asarray(y_true, dtype=float), np.asarray(y_score, dtype=float)
     if yt.ndim != 2 or yt.shape != ys.shape or yt.shape[1] != len(labels):
         raise CXRDataError(f"y_true {yt.shape} and y_score {ys.shape} for {len(labels)} labels; expected equal (N, K) shapes, K = len(labels)")
@@ -165,12 +175,12 @@ def early_lift_table(y_true: np.ndarray, # (N, K) 0/1 labels (NaN: unknown, left
         y, s = yt[:, cols], ys[:, cols]
         keep = ~np.isnan(y).all(1)
         known = y[~np.isnan(y)]
-        both = len(np.unique(known)) == 2
+        both, note = len(np.unique(known)) == 2, too_few_to_measure(known, minimum)
         g = None if groups is None else np.asarray(groups)[keep]
-        stats = _early_lift_stats(y[keep], s[keep], fprs, max_fpr, n_resamples, seed, g) if both else None
+        stats = _early_lift_stats(y[keep], s[keep], fprs, max_fpr, n_resamples, seed, g) if both and not note else None
         for k, (mname, fn) in enumerate(({**metrics, 'auc': None} if name == 'micro' else metrics).items()):
-            if not both: rows.append((name, mname, np.nan, np.nan, np.nan, n_resamples)); continue
-            ci = (micro_auroc_ci(y[keep], s[keep], n_resamples, seed, g, confidence) if fn is None else
-                  _percentile_ci(_known(fn, y[keep], s[keep]), stats[:, k], confidence))
-            rows.append((name, mname, ci.value, ci.low, ci.high, ci.n_skipped))
-    return pd.DataFrame(rows, columns=['label', 'metric', 'value', 'low', 'high', 'n_skipped'])
+            if not both: rows.append((name, mname, np.nan, np.nan, np.nan, n_resamples, note)); continue
+            ci = (micro_auroc_ci(y[keep], s[keep], n_resamples, seed, g, confidence, minimum) if fn is None else
+                  _percentile_ci(_known(fn, y[keep], s[keep]), None if note else stats[:, k], confidence, note))
+            rows.append((name, mname, ci.value, ci.low, ci.high, ci.n_skipped, ci.note))
+    return pd.DataFrame(rows, columns=['label', 'metric', 'value', 'low', 'high', 'n_skipped', 'note'])

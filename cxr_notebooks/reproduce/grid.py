@@ -281,12 +281,12 @@ def read_run_record(run: Mapping[str, Any]) -> tuple[dict | None, str | None]:
     return rec, None
 
 def grid_summary(grid_dir: str | Path) -> pd.DataFrame:
-    "One row per run: run, varying parameters, status, metric, value, low, high (95% CI), setup, seconds, error, folder."
+    "One row per run: run, varying parameters, status, metric, value, low, high (95% CI), note (why no CI), setup, seconds, error, folder."
     status, rows = read_grid_status(grid_dir), []
     for r in status['runs']:
         rec, error = read_run_record(r) if r['status'] != 'failed' else (None, r['error'])
         h = (rec or {}).get('headline') or {}
         rows.append({'run': r['name'], **r['varying'], 'status': r['status'] if rec or r['status'] == 'failed' else 'unreadable',
-                     'metric': h.get('metric'), 'value': h.get('value'), 'low': h.get('low'), 'high': h.get('high'),
+                     'metric': h.get('metric'), 'value': h.get('value'), 'low': h.get('low'), 'high': h.get('high'), 'note': h.get('note'),
                      'setup': (rec or {}).get('setup'), 'seconds': r['seconds'], 'error': error, 'folder': r['out_dir']})
     return pd.DataFrame(rows)

@@ -276,6 +276,10 @@ RECORD_KEYS: dict[str, type] = {'schema': str, 'paper': dict, 'notebook': str, '
                                 'config': dict, 'data': dict, 'headline': dict, 'results': dict, 'comparisons': dict,
                                 'versions': dict, 'created': str}
 
+def _known(v: Any) -> bool:
+    "A finite number (not None, not NaN)."
+    return isinstance(v, (int, float)) and bool(np.isfinite(v))
+
 def check_record(record: Mapping[str, Any], source: str = 'metrics.json') -> None:
     "`CXRDataError` naming the first key of `record` that is missing or of the wrong type for the shared schema."
     for k, t in RECORD_KEYS.items():
@@ -283,8 +287,11 @@ def check_record(record: Mapping[str, Any], source: str = 'metrics.json') -> Non
         if not isinstance(record[k], t): raise CXRDataError(f"{source}: {k!r} is a {type(record[k]).__name__}, expected {t.__name__}")
     if record['schema'] != RECORD_SCHEMA: raise CXRDataError(f"{source}: schema {record['schema']!r}, expected {RECORD_SCHEMA!r}")
     h = record['headline']
-    if h and not {'metric', 'value', 'low', 'high'} <= set(h):
-        raise CXRDataError(f"{source}: headline needs metric, value, low, high; has {sorted(h)}")
+    with_ci = {'metric', 'value', 'low', 'high'} <= set(h) and _known(h['low']) and _known(h['high'])
+    without_ci = 'metric' in h and bool(h.get('note')) and not _known(h.get('low')) and not _known(h.get('high'))   # too few to measure
+    if h and not (with_ci or without_ci):
+        raise CXRDataError(f"{source}: headline needs metric, value, low, high, or metric and a note when it has no CI "
+                           f"(too few to measure); has {sorted(h)}")
     for name, c in record['comparisons'].items():
         if not {'paper_source', 'setup', 'rows'} <= set(c):
             raise CXRDataError(f"{source}: comparison {name!r} needs paper_source, setup and rows; has {sorted(c)}")
@@ -305,7 +312,7 @@ def _paper_record(paper: Mapping[str, Any]) -> dict:
 def write_record(run: Run, # the run (paper, cfg, setup)
                  notebook: str, # the reproduction notebook's name
                  data: Mapping[str, Any] | None = None, # e.g. split sizes
-                 headline: Mapping[str, Any] | None = None, # {'metric', 'value', 'low', 'high'}: the one number a grid shows
+                 headline: Mapping[str, Any] | None = None, # {'metric', 'value', 'low', 'high'} (no CI: low, high None and a 'note'): the one number a grid shows
                  results: Mapping[str, Any] | None = None, # paper-specific results (per-class AUCs, histories, ...)
                  comparisons: Mapping[str, pd.DataFrame] | None = None, # `paper_vs_reproduced` tables by name
                  predictions: str | Path | None = None, # the headline model's test prediction CSV (`image`, `y_<label>`, `p_<label>`), for reports

@@ -106,8 +106,9 @@ def _fmt(v: float | None, digits: int = 3) -> str:
     "`v` with `digits` decimals; '—' when missing."
     return '—' if v is None or (isinstance(v, float) and not np.isfinite(v)) else f'{v:.{digits}f}'
 
-def _ci(v: float | None, lo: float | None, hi: float | None) -> str:
-    "'0.812 [0.780, 0.840]'; the value alone when the CI is unknown."
+def _ci(v: float | None, lo: float | None, hi: float | None, note: str | None = None) -> str:
+    "'0.812 [0.780, 0.840]'; the value alone when the CI is unknown; the `note` when the sample was too few to measure."
+    if isinstance(note, str) and note: return note
     return _fmt(v) if '—' in (_fmt(lo), _fmt(hi)) else f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
 
 def _table(df: pd.DataFrame, cls: str = 'plain') -> str:
@@ -127,7 +128,7 @@ def _runs_html(summary: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     "The runs table (headline with CI, setup), the metric-vs-axis figure and the failed runs."
     finished = summary[summary['value'].notna()]
     metric = finished['metric'].iloc[0] if len(finished) else 'headline'
-    shown = summary.assign(**{f'{metric} [95% CI]': [_ci(v, l, h) for v, l, h in zip(summary['value'], summary['low'], summary['high'])],
+    shown = summary.assign(**{f'{metric} [95% CI]': [_ci(v, l, h, n) for v, l, h, n in zip(summary['value'], summary['low'], summary['high'], summary['note'])],
                               'seconds': summary['seconds'].map(lambda s: _fmt(s, 0))})
     shown = shown[['run', *[a for a in axes if a in shown], 'status', f'{metric} [95% CI]', 'seconds', 'setup']]
     parts = [f"<h2>Runs: headline metric with its 95% CI</h2><p class='caption'>{html.escape(metric)}: each run's headline metric "
