@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 from cxr_notebooks.reproduce.kit import check_record
-from cxr_notebooks.reproduce.reference import reference_values
+from cxr_notebooks.reproduce.reference import paper_citation, reference_values
 from cxr_notebooks.reproduce.runner import ReproductionFailed, run_reproduction
 from conftest import check_headline
 
@@ -45,7 +45,7 @@ def test_chexpert_localization_with_extra_boxes_is_compared_with_tables9_and_10(
     assert {k.split('_loc')[0] for k in rec['comparisons']} == {'tableix', 'tablex'}
     t = pd.read_csv(tmp_path / 'paper_vs_reproduced_tableix_loc_iou_0.1_HAM.csv').set_index('label')
     assert t.loc['Fracture', 'paper'] == pytest.approx(reference_values('001', 'Table IX', 'Ours_extra', 'loc_iou_0.1', 'chexpert_localization')['Fracture'])
-    assert rec['comparisons']['tablex_loc_ior_0.75_HAM']['paper_source'].startswith('seed 001')
+    assert rec['comparisons']['tablex_loc_ior_0.75_HAM']['paper_source'].startswith(f"{paper_citation('001').short}, Table X")
 
 
 @pytest.mark.slow
