@@ -1,6 +1,6 @@
 """Fixtures shared by more than one test file live here, one section per area; a fixture used by a
 single file stays in that file."""
-import shutil, subprocess
+import json, re, shutil, subprocess
 import pytest
 import torch
 
@@ -56,6 +56,25 @@ def browse(chromium: str, page, tmp_path, *args) -> subprocess.CompletedProcess:
 def console_errors(stderr: str) -> list[str]:
     "Chromium's log lines about script errors or console errors."
     return [l for l in stderr.splitlines() if 'Uncaught' in l or ':CONSOLE' in l]
+
+
+# Records script errors and failed loads, and after load whether every image decoded, into the DOM (test copy only:
+# the pages themselves have no script).
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(e.message || ('failed to load ' + (e.target.src || e.target.href || e.target.tagName))), true);
+window.addEventListener('load', () => {
+  const broken = [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 40));
+  const d = document.createElement('pre'); d.id = 'probe';
+  d.textContent = JSON.stringify({errors: window.__errors, images: document.images.length, broken});
+  document.body.appendChild(d);
+});
+</script>"""
+
+
+def probed_state(dom: str) -> dict:
+    "What PROBE recorded in a dumped DOM."
+    return json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1).replace('&quot;', '"'))
 
 
 # ---- seed 001 HAM on CheXpert (tests/test_ham_data.py, tests/test_repro_ham_chexpert.py) ------------------------

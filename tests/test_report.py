@@ -10,20 +10,9 @@ from PIL import Image
 from cxr_notebooks.reproduce.grid import grid_summary
 from cxr_notebooks.reproduce.kit import RECORD_SCHEMA
 from cxr_notebooks.reproduce.report import comparison_table, delong_between_runs, write_report
-from conftest import browse, console_errors
+from conftest import PROBE, browse, console_errors, probed_state
 
-# Records script errors and failed loads, and after load whether every image decoded, into the DOM (test copy only:
-# the report itself has no script).
-PROBE = """<script>
-window.__errors = [];
-window.addEventListener('error', e => window.__errors.push(e.message || ('failed to load ' + (e.target.src || e.target.href || e.target.tagName))), true);
-window.addEventListener('load', () => {
-  const broken = [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 40));
-  const d = document.createElement('pre'); d.id = 'probe';
-  d.textContent = JSON.stringify({errors: window.__errors, images: document.images.length, broken});
-  document.body.appendChild(d);
-});
-</script>"""
+
 def test_report_of_a_grid_where_every_run_failed(tmp_path, monkeypatch):
     from cxr_notebooks.reproduce import grid as G
     from cxr_notebooks.reproduce.runner import ReproductionFailed
@@ -38,11 +27,6 @@ def test_report_of_a_grid_where_every_run_failed(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="roc_run='nope' is not a finished run of this grid; finished: none"):
         write_report(tmp_path, roc_run='nope', out_dir=tmp_path / 'elsewhere')
     assert not (tmp_path / 'elsewhere').exists()   # checked before anything is written
-
-
-def probed_state(dom: str) -> dict:
-    "What PROBE recorded in a dumped DOM."
-    return json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1).replace('&quot;', '"'))
 
 
 @pytest.mark.slow

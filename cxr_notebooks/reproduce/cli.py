@@ -62,14 +62,23 @@ def _report(a: argparse.Namespace) -> int:
     print(f"Open {write_report(a.grid_dir, a.roc_run)}")
     return 0
 
+def _summary(a: argparse.Namespace) -> int:
+    "The `summary` subcommand: run what is missing (with `--run`) and write the page of every paper."
+    from cxr_notebooks.reproduce.summary import run_summary, write_summary
+    papers = a.papers.split(',') if a.papers else None
+    failed = {k: v for k, v in (run_summary(a.out, papers, smallest=a.smallest) if a.run else {}).items() if v not in ('ran', 'kept')}
+    for (pid, prof), why in failed.items(): print(f"failed: {pid} {prof}: {why}", file=sys.stderr)
+    print(f"Open {write_summary(a.out, papers)}")
+    return 1 if failed else 0
+
 def _grid_or_report(a: argparse.Namespace) -> int:
-    "The `grid` and `report` subcommands, their errors in one line."
-    try: return _grid(a) if a.cmd == 'grid' else _report(a)
+    "The `grid`, `report` and `summary` subcommands, their errors in one line."
+    try: return {'grid': _grid, 'report': _report, 'summary': _summary}[a.cmd](a)
     except (ValueError, FileNotFoundError) as e:
         print(f"cxr-reproduce: error: {e}", file=sys.stderr); return 1
 
 def main(argv: Sequence[str] | None = None) -> int:
-    "Command-line entry point: `demo`, `run NAME --out DIR -p KEY VALUE ...`, `list`, `grid SPEC`, `report GRID_DIR`; returns the exit code."
+    "Command-line entry point: `demo`, `run NAME --out DIR -p KEY VALUE ...`, `list`, `grid SPEC`, `report GRID_DIR`, `summary --out DIR [--run]`; returns the exit code."
     ap = argparse.ArgumentParser(prog='cxr-reproduce', description=main.__doc__)
     sub = ap.add_subparsers(dest='cmd', required=True)
     demo = sub.add_parser('demo', help="seed 002 baseline, smoke profile, on the embedded NIH sample")
@@ -83,13 +92,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     grid.add_argument('--address', default=None, help="a Ray cluster's address (e.g. ray://host:10001)")
     report = sub.add_parser('report', help="one self-contained HTML page (plus CSV/Markdown) of a grid's runs")
     report.add_argument('grid_dir'); report.add_argument('--roc-run', default=None, help='the run whose ROC curves are drawn')
+    summ = sub.add_parser('summary', help="one page with every paper: claim, paper number, phantom verdict, smoke result, full command")
+    summ.add_argument('--out', default='runs/summary', help='the folder with one run per paper and profile')
+    summ.add_argument('--run', action='store_true', help="run each paper's phantom and smoke profiles that are not there yet")
+    summ.add_argument('--papers', default=None, help='comma-separated paper ids (default: all)')
+    summ.add_argument('--smallest', action='store_true', help="each notebook's smallest setting (minutes) instead of the profile defaults")
     for p in (demo, run):
         p.add_argument('-p', nargs=2, action='append', default=[], metavar=('KEY', 'VALUE'))
         p.add_argument('--no-html', action='store_true')
     a = ap.parse_args(argv)
     try:
         if a.cmd == 'list': _list(); return 0
-        if a.cmd in ('grid', 'report'): return _grid_or_report(a)
+        if a.cmd in ('grid', 'report', 'summary'): return _grid_or_report(a)
         params = {k: _parse_value(v) for k, v in a.p}
         if a.cmd == 'demo': params = {'profile': 'smoke', **params}
         try: out = run_reproduction('002' if a.cmd == 'demo' else a.name, a.out, params, html=not a.no_html)

@@ -197,8 +197,8 @@ def write_report(grid_dir: str | Path, roc_run: str | None = None, out_dir: str 
     n = summary['status'].value_counts()
     unreadable = f", {n['unreadable']} unreadable" if n.get('unreadable') else ''
     parts = [f"<h1>Grid {e(str(status.get('name') or grid_dir.name))}: {e(paper.get('title', ''))}</h1>",
-             f"<p class='meta'>Notebook {e(Path(status.get('notebook', '?')).name)}; paper seed {e(str(paper.get('seed', '?')))} "
-             f"(source {e(str(paper.get('source', '?')))}). {len(summary)} runs: {n.get('done', 0)} done now, {n.get('skipped', 0)} finished "
+             f"<p class='meta'>Notebook {e(Path(status.get('notebook', '?')).name)}; paper {e(str(paper.get('seed', '?')))}: "
+             f"{e(str(paper.get('citation', {}).get('reference') or paper.get('title', '?')))}. {len(summary)} runs: {n.get('done', 0)} done now, {n.get('skipped', 0)} finished "
              f"earlier, {n.get('failed', 0)} failed{unreadable}. Grid folder {e(str(grid_dir))}; report written "
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
              *_runs_html(summary, axes), *_comparisons_html(cmp), *_delong_html(dl, missing),
