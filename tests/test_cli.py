@@ -7,12 +7,12 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 CLI = [sys.executable, '-m', 'cxr_notebooks.reproduce.cli']
 HEAVY = ('torch', 'matplotlib', 'sklearn', 'pytorch_grad_cam', 'cxr_notebooks.reproduce.kit', 'cxr_notebooks.reproduce.grid',
-         'cxr_notebooks.reproduce.report', 'cxr_notebooks.viz.explorers')
+         'cxr_notebooks.reproduce.report', 'cxr_notebooks.reproduce.summary', 'cxr_notebooks.viz.explorers')
 
 
 def test_help_and_list_run_as_a_command():
     h = subprocess.run([*CLI, '--help'], capture_output=True, text=True, cwd=ROOT)
-    assert h.returncode == 0 and h.stdout.startswith('usage: cxr-reproduce') and '{demo,run,list,grid,report}' in h.stdout, h.stderr
+    assert h.returncode == 0 and h.stdout.startswith('usage: cxr-reproduce') and '{demo,run,list,grid,report,summary}' in h.stdout, h.stderr
     r = subprocess.run([*CLI, 'list'], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and '002  Nugroho' in r.stdout and 'smallest: cxr-reproduce run 002' in r.stdout, r.stderr
 
