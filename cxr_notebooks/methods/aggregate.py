@@ -124,7 +124,11 @@ def long_tailed_labels(n: int, seed: int = 0, prevalence: dict[str, float] = PHA
     for k, p in enumerate(prevalence.values()): y[rng.choice(n, max(1, round(p * n)), replace=False), k] = 1
     return y
 
-def enriched_labels(per_class: int, background: int, seed: int | Sequence[int] = 0, prevalence: dict[str, float] = PHANTOM_PREVALENCE) -> np.ndarray:
+def enriched_labels(per_class: int, # images carrying each class (class after class)
+                    background: int, # then images drawn from the training distribution
+                    seed: int | Sequence[int] = 0, # the draw of the other findings
+                    prevalence: dict[str, float] = PHANTOM_PREVALENCE, # each finding's training prevalence
+                   ) -> np.ndarray:
     "Labels of an enriched part: `per_class` images carrying each class, then `background` images; other findings at `prevalence`."
     K = len(prevalence)
     y = (np.random.default_rng(seed).random((K * per_class + background, K)) < np.array(list(prevalence.values()))).astype(np.float32)
@@ -132,7 +136,12 @@ def enriched_labels(per_class: int, background: int, seed: int | Sequence[int] =
     return y
 
 # %% ../../nbs/methods/80_aggregate.ipynb #0e802e25
-def _write_part(root: Path, name: str, y: np.ndarray, size: int, stream: Sequence[int]) -> pd.DataFrame:
+def _write_part(root: Path, # the folder with images/ and masks/
+                name: str, # the part's name (file and patient ids start with it)
+                y: np.ndarray, # (n, K) labels over `PHANTOM_CLASSES`
+                size: int, # image side, px
+                stream: Sequence[int], # seeds the phantoms of this part
+               ) -> pd.DataFrame:
     "Render the phantoms of labels `y` (image + lung-mask PNGs) under `root`; their image table (one image per patient)."
     rows = []
     for i, yi in enumerate(y):
@@ -187,6 +196,13 @@ class ClassBalance:
     table: pd.DataFrame   # per class: training prevalence, counts, both models' AUROC with CI, DeLong difference and p
     claim: ClaimResult    # the pre-registered primary comparison (rare classes)
     frequent: tuple       # (method CI, baseline CI, difference CI, p) on the frequent classes: what the weighting costs them
+
+    def as_dict(self) -> dict:
+        "JSON-ready results: the claim (`ClaimResult.as_dict`), the per-class rows and the frequent classes' comparison."
+        ci = lambda c: {'value': c.value, 'low': c.low, 'high': c.high, 'note': c.note}
+        m, b, d, p = self.frequent
+        return {'claim': self.claim.as_dict(), 'per_class': self.table.reset_index().to_dict(orient='records'),
+                'frequent_classes': {'method': ci(m), 'baseline': ci(b), 'difference': ci(d), 'p_value': p}}
 
     @property
     def headline(self) -> dict:
