@@ -4,14 +4,27 @@
 
 # %% ../../nbs/methods/80_aggregate.ipynb #224844cf
 from __future__ import annotations
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
+import cv2
+import numpy as np
 import pandas as pd
 from torch import nn
+from ..core import CXRDataError
+from ..data.synth import make_phantom
+from ..eval.claims import ClaimResult, claim_verdict
 from ..eval.paper import Citation, PaperColumn
+from ..eval.predictions import auc_table, delong_table, prediction_arrays
 from ..losses.classification import class_balanced_weights, create_loss, label_counts
+from ..metrics.classification import CI, macro_auroc, too_few_to_measure
+from ..models.backbones import register_backbone
 
 # %% auto #0
-__all__ = ['PAPER', 'PROFILES', 'CHOICES', 'default_image_size', 'aggregate_loss', 'loss_weights_table', 'paper_columns']
+__all__ = ['PAPER', 'PROFILES', 'CHOICES', 'PHANTOM_PREVALENCE', 'PHANTOM_CLASSES', 'RARE_BELOW', 'ENRICHED',
+           'CLASS_BALANCE_CLAIM', 'default_image_size', 'aggregate_loss', 'loss_weights_table', 'paper_columns',
+           'rare_classes', 'long_tailed_labels', 'enriched_labels', 'long_tailed_phantoms', 'paired_macro_auc',
+           'ClassBalance', 'class_balance_experiment', 'plot_auc_vs_prevalence']
 
 # %% ../../nbs/methods/80_aggregate.ipynb #59ed578c
 PAPER: dict = dict(seed='002', source='002_ebbdae81f59a347f.txt',
@@ -20,8 +33,13 @@ PAPER: dict = dict(seed='002', source='002_ebbdae81f59a347f.txt',
                                      note='Curtin University; the text names no venue, year or DOI'))
 
 PROFILES: dict[str, dict] = {
-    'smoke': dict(image_size=128, epochs=4, batch_size=16, lr=1e-3, n_bootstrap=200, on_missing_weights='warn'),
-    'full':  dict(image_size=224, epochs=25, batch_size=32, lr=1e-3, n_bootstrap=1000, on_missing_weights='raise'),
+    'smoke': dict(image_size=128, epochs=4, batch_size=16, lr=1e-3, n_bootstrap=200, on_missing_weights='warn',
+                  backbone='densenet121', pretrained=True),
+    'full':  dict(image_size=224, epochs=25, batch_size=32, lr=1e-3, n_bootstrap=1000, on_missing_weights='raise',
+                  backbone='densenet121', pretrained=True),
+    # the controlled class-balance experiment (below): max_images = its training phantoms
+    'phantom': dict(image_size=64, epochs=5, batch_size=32, lr=1e-3, n_bootstrap=1000, on_missing_weights='warn',
+                    backbone='resnet18', pretrained=False, max_images=1200),
 }
 
 def default_image_size(backbone: str, profile: str) -> int:
@@ -82,3 +100,151 @@ CHOICES: dict[str, tuple] = {
     'split': ('official', 'chexnet', 'kfold', '*.csv'),     # Tables 4, 5 and 8, 7, or a split file
     'stages': (1, 2),                                       # one stage, or progressive resizing
 }
+
+# %% ../../nbs/methods/80_aggregate.ipynb #9c56fcf4
+#: the phantom experiment's training prevalence per finding (pre-registered; `data.synth` names, long tail)
+PHANTOM_PREVALENCE: dict[str, float] = {'Effusion': 0.30, 'Cardiomegaly': 0.15, 'Consolidation': 0.08, 'Atelectasis': 0.04,
+                                        'Mass': 0.02, 'Infiltration': 0.01, 'Nodule': 0.005, 'Pneumothorax': 0.0025}
+PHANTOM_CLASSES: tuple[str, ...] = tuple(PHANTOM_PREVALENCE)
+RARE_BELOW = 0.05   # a class under this training prevalence is rare
+#: (images per class carrying it, images drawn from the training distribution) of the enriched parts
+ENRICHED: dict[str, tuple[int, int]] = {'val': (10, 40), 'test': (30, 60)}
+
+# a small backbone for the CPU experiment (64 px, from scratch); idempotent
+register_backbone('resnet18', 'layer4[-1]', seeds='002 (phantom profile: the CPU class-balance experiment)')
+
+def rare_classes(prevalence: dict[str, float] = PHANTOM_PREVALENCE, below: float = RARE_BELOW) -> list[str]:
+    "The classes whose training prevalence is under `below`."
+    return [c for c, p in prevalence.items() if p < below]
+
+def long_tailed_labels(n: int, seed: int = 0, prevalence: dict[str, float] = PHANTOM_PREVALENCE) -> np.ndarray:
+    "(n, K) 0/1 labels with exactly round(p·n) (at least 1) positives of each class, on random images."
+    if n < 1: raise ValueError(f"n is {n}; expected at least 1 training image")
+    rng, y = np.random.default_rng([seed, 2]), np.zeros((n, len(prevalence)), np.float32)
+    for k, p in enumerate(prevalence.values()): y[rng.choice(n, max(1, round(p * n)), replace=False), k] = 1
+    return y
+
+def enriched_labels(per_class: int, # images carrying each class (class after class)
+                    background: int, # then images drawn from the training distribution
+                    seed: int | Sequence[int] = 0, # the draw of the other findings
+                    prevalence: dict[str, float] = PHANTOM_PREVALENCE, # each finding's training prevalence
+                   ) -> np.ndarray:
+    "Labels of an enriched part: `per_class` images carrying each class, then `background` images; other findings at `prevalence`."
+    K = len(prevalence)
+    y = (np.random.default_rng(seed).random((K * per_class + background, K)) < np.array(list(prevalence.values()))).astype(np.float32)
+    y[np.arange(K * per_class), np.repeat(np.arange(K), per_class)] = 1
+    return y
+
+# %% ../../nbs/methods/80_aggregate.ipynb #0e802e25
+def _write_part(root: Path, # the folder with images/ and masks/
+                name: str, # the part's name (file and patient ids start with it)
+                y: np.ndarray, # (n, K) labels over `PHANTOM_CLASSES`
+                size: int, # image side, px
+                stream: Sequence[int], # seeds the phantoms of this part
+               ) -> pd.DataFrame:
+    "Render the phantoms of labels `y` (image + lung-mask PNGs) under `root`; their image table (one image per patient)."
+    rows = []
+    for i, yi in enumerate(y):
+        p = make_phantom(size, [c for c, v in zip(PHANTOM_CLASSES, yi) if v], int(np.random.default_rng([*stream, i]).integers(2 ** 62)),
+                         f'{name}_{i:05d}.png')
+        path, mpath = root / 'images' / p.name, root / 'masks' / p.name
+        if not (cv2.imwrite(str(path), p.image) and cv2.imwrite(str(mpath), p.lung_mask * 255)):
+            raise CXRDataError(f"long_tailed_phantoms: could not write {path} or {mpath}")
+        rows.append(dict(image=p.name, path=str(path), patient_id=f'{name}_{i:05d}', **dict(zip(PHANTOM_CLASSES, yi.tolist())),
+                         mask_path=str(mpath), **{'Finding Labels': '|'.join(p.labels) or 'No Finding'}))
+    return pd.DataFrame(rows).astype({c: np.float32 for c in PHANTOM_CLASSES})
+
+def long_tailed_phantoms(root: str | Path, # PNGs go to root/images and root/masks (lung masks)
+                         n_train: int = 1200, # long-tailed training phantoms
+                         size: int = 64, # image side, px
+                         seed: int = 0, # all three parts come from separate streams of this seed
+                        ) -> dict[str, pd.DataFrame]:
+    "The pre-registered parts: a long-tailed train (`PHANTOM_PREVALENCE`), enriched val and test (`ENRICHED`)."
+    root = Path(root); (root / 'images').mkdir(parents=True, exist_ok=True); (root / 'masks').mkdir(exist_ok=True)
+    labels = {'train': long_tailed_labels(n_train, seed), **{k: enriched_labels(*ENRICHED[k], seed=[seed, j]) for j, k in enumerate(ENRICHED, 1)}}
+    return {k: _write_part(root, k, y, size, (seed, 3, j)) for j, (k, y) in enumerate(labels.items())}
+
+# %% ../../nbs/methods/80_aggregate.ipynb #cb948007
+CLASS_BALANCE_CLAIM = ('the weighted focal loss (Eq. 8, class-balanced weights Eqs. 3-6) raises the AUROC of rare classes '
+                       'over BCE when classes are imbalanced (Table 4)')
+
+def paired_macro_auc(y: np.ndarray, # (N, K) 0/1 test labels
+                     p_method: np.ndarray, # (N, K) the method's scores
+                     p_baseline: np.ndarray, # (N, K) the baseline's scores on the same images
+                     n_bootstrap: int = 1000, # paired bootstrap resamples of images
+                     seed: int = 0, # bootstrap seed
+                     confidence: float = 0.95, # CI level
+                    ) -> tuple[CI, CI, CI, float]:
+    "Macro AUROC of method and baseline over the classes with enough test images, their difference, all with paired-bootstrap CIs, and its two-sided p."
+    if n_bootstrap < 20: raise ValueError(f"n_bootstrap is {n_bootstrap}; expected at least 20 resamples (1000 for a CI worth reporting)")
+    keep = [k for k in range(y.shape[1]) if not too_few_to_measure(y[:, k])]
+    value = lambda yy, s, cols: macro_auroc(yy[:, cols], s[:, cols], skip_single_class=True)
+    if not keep:
+        note, m, b = too_few_to_measure(y), value(y, p_method, range(y.shape[1])), value(y, p_baseline, range(y.shape[1]))
+        return CI(m, np.nan, np.nan, note=note), CI(b, np.nan, np.nan, note=note), CI(m - b, np.nan, np.nan, note=note), np.nan
+    idx = np.random.default_rng(seed).integers(0, len(y), (n_bootstrap, len(y)))
+    stats = np.array([[value(y[i], s[i], keep) for s in (p_method, p_baseline)] for i in idx])
+    q, d = [(1 - confidence) / 2, (1 + confidence) / 2], stats[:, 0] - stats[:, 1]
+    ci = lambda v, s: CI(float(v), *map(float, np.nanquantile(s, q)))
+    m, b, d = value(y, p_method, keep), value(y, p_baseline, keep), d[np.isfinite(d)]
+    p = min(1.0, 2 * min((d <= 0).sum() + 1, (d >= 0).sum() + 1) / (len(d) + 1))   # the observed difference counts as a resample
+    return ci(m, stats[:, 0]), ci(b, stats[:, 1]), ci(m - b, d), float(p)
+
+@dataclass
+class ClassBalance:
+    "The class-balance experiment's analysis: per-class table, the verdict on the rare classes, the same difference on the frequent ones."
+    table: pd.DataFrame   # per class: training prevalence, counts, both models' AUROC with CI, DeLong difference and p
+    claim: ClaimResult    # the pre-registered primary comparison (rare classes)
+    frequent: tuple       # (method CI, baseline CI, difference CI, p) on the frequent classes: what the weighting costs them
+
+    def as_dict(self) -> dict:
+        "JSON-ready results: the claim (`ClaimResult.as_dict`), the per-class rows and the frequent classes' comparison."
+        ci = lambda c: {'value': c.value, 'low': c.low, 'high': c.high, 'note': c.note}
+        m, b, d, p = self.frequent
+        return {'claim': self.claim.as_dict(), 'per_class': self.table.reset_index().to_dict(orient='records'),
+                'frequent_classes': {'method': ci(m), 'baseline': ci(b), 'difference': ci(d), 'p_value': p}}
+
+    @property
+    def headline(self) -> dict:
+        "The method's primary metric with its CI (or its note), for `kit.write_record`."
+        c = self.claim.method_ci
+        return {'metric': 'rare-class mean AUROC (phantom, weighted focal loss)', 'value': c.value,
+                **({'low': None, 'high': None, 'note': c.note} if c.note else {'low': c.low, 'high': c.high})}
+
+def class_balance_experiment(baseline: pd.DataFrame, # BCE's test predictions (`eval.predictions.predict_table`)
+                             method: pd.DataFrame, # the method's, on the same images
+                             train: pd.DataFrame, # the training part (its prevalences)
+                             n_bootstrap: int = 1000, # bootstrap resamples
+                             seed: int = 0, # bootstrap seed
+                             method_name: str = 'weighted focal loss', # the method's name in the verdict
+                            ) -> ClassBalance:
+    "The pre-registered analysis: per-class AUROC vs training prevalence, and the paired rare-class comparison with its verdict."
+    labels, rare = list(PHANTOM_CLASSES), rare_classes()
+    if list(baseline['image']) != list(method['image']): raise CXRDataError("baseline and method predictions cover different test images")
+    (y, pb), (_, pm) = prediction_arrays(baseline, labels), prediction_arrays(method, labels)
+    t = pd.DataFrame({'train_prevalence': train[labels].mean(), 'train_positives': train[labels].sum().astype(int),
+                      'test_positives': pd.Series(y.sum(0).astype(int), labels), 'rare': [c in rare for c in labels]})
+    for name, pred in (('bce', baseline), ('method', method)):
+        t = t.join(auc_table(pred, labels, n_bootstrap, seed).set_index('label')[['auc', 'low', 'high']].add_prefix(f'{name}_'))
+    t = t.join(delong_table(baseline, method, labels).set_index('label')[['difference', 'p_value']].add_prefix('delong_'))
+    cols = {g: [labels.index(c) for c in labels if (c in rare) == (g == 'rare')] for g in ('rare', 'frequent')}
+    pairs = {g: paired_macro_auc(y[:, k], pm[:, k], pb[:, k], n_bootstrap, seed) for g, k in cols.items()}
+    m, b, d, p = pairs['rare']
+    claim = claim_verdict(CLASS_BALANCE_CLAIM, f'test mean AUROC over the rare classes (training prevalence < {RARE_BELOW:.0%})',
+                          'BCE', method_name, b, m, d, p)
+    return ClassBalance(t.rename_axis('label'), claim, pairs['frequent'])
+
+# %% ../../nbs/methods/80_aggregate.ipynb #54ba3687
+def plot_auc_vs_prevalence(table: pd.DataFrame, method_name: str = 'weighted focal loss', path: str | Path | None = None):
+    "Per-class test AUROC with 95 % CIs against training prevalence (log scale), BCE and the method side by side."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, (name, shown) in enumerate((('bce', 'BCE'), ('method', method_name))):
+        x = table['train_prevalence'] * (1.08 if k else 1 / 1.08)
+        ax.errorbar(x, table[f'{name}_auc'], yerr=[table[f'{name}_auc'] - table[f'{name}_low'], table[f'{name}_high'] - table[f'{name}_auc']],
+                    fmt='o', capsize=3, label=shown)
+    for c, r in table.iterrows(): ax.annotate(c, (r['train_prevalence'], min(r['bce_low'], r['method_low'])), fontsize=7, ha='center', va='top')
+    ax.axvline(RARE_BELOW, ls=':', c='grey'); ax.axhline(0.5, ls='--', c='grey', lw=0.8)
+    ax.set(xscale='log', xlabel='training prevalence (rare: left of the dotted line)', ylabel='test AUROC (95% CI)'); ax.legend()
+    if path is not None: fig.savefig(path, dpi=120, bbox_inches='tight')
+    return fig
