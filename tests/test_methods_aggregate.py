@@ -59,8 +59,10 @@ PHANTOM_SMALLEST = {'profile': 'phantom', 'max_images': 100, 'epochs': 1, 'n_boo
 
 
 @pytest.mark.slow
-def test_phantom_experiment_gives_a_verdict_and_can_measure(tmp_path):
-    "`-p profile phantom` end to end: the record holds the claim with one of the three verdicts, and the BCE baseline learnt (CI above 0.5)."
+def test_phantom_experiment_gives_the_verdict_of_the_frozen_rule(tmp_path):
+    """`-p profile phantom` end to end: the record holds the claim and the verdict its numbers imply. Measured 2026-12-07: the
+    BCE baseline did not learn the rare classes at this setting (0.477 [0.426, 0.492]) nor at the default (0.531 [0.491, 0.572]),
+    so the experiment says it cannot measure; a larger budget must be registered before it can (nbs/methods/80_aggregate.ipynb)."""
     import json
     from cxr_notebooks.eval.claims import VERDICTS
     from cxr_notebooks.reproduce.kit import check_record
@@ -73,7 +75,6 @@ def test_phantom_experiment_gives_a_verdict_and_can_measure(tmp_path):
     assert rec['headline']['metric'].startswith('rare-class mean AUROC') and len(rec['results']['per_class']) == 8
     assert (tmp_path / 'phantom_auc_by_prevalence.csv').is_file()
     b = claim['baseline_ci']
-    if b['low'] is None or b['low'] <= 0.5:   # measured 2026-12-07: 0.477 [0.426, 0.492] at this setting, 0.531 [0.491, 0.572] at the default
-        assert claim['verdict'] == VERDICTS[2]
-        pytest.xfail(f"the experiment cannot measure at this budget: the BCE baseline's rare-class AUROC {b} does not lie above 0.5 "
-                     "(a larger pre-registered budget is needed; see nbs/methods/80_aggregate.ipynb)")
+    if b['low'] is None or b['low'] <= 0.5:                  # the baseline did not learn: nothing else is read
+        assert claim['verdict'] == VERDICTS[2] and claim['baseline'] in claim['reason']
+    else: assert claim['verdict'] in VERDICTS[:2] and claim['difference']['low'] is not None

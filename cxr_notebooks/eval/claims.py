@@ -77,7 +77,7 @@ def claim_verdict(claim: str, # the paper's claim in one line
     if not 0 < alpha < 1: raise ValueError(f"alpha is {alpha}; expected a level in (0, 1)")
     b = f"{baseline} {baseline_ci.value:.3f}" + ('' if _no_interval(baseline_ci) else f" [{baseline_ci.low:.3f}, {baseline_ci.high:.3f}]")
     if _no_interval(baseline_ci): verdict, reason = VERDICTS[2], f"{baseline}: {baseline_ci.note or 'no CI'}"
-    elif baseline_ci.low <= chance: verdict, reason = VERDICTS[2], f"the baseline did not learn: {b} includes chance ({chance:g})"
+    elif baseline_ci.low <= chance: verdict, reason = VERDICTS[2], f"the baseline did not learn: {b} is not above chance ({chance:g})"
     elif _no_interval(difference): verdict, reason = VERDICTS[2], f"difference: {difference.note or 'no CI'}"
     else:
         d = f"{method} − {baseline} = {difference.value:+.3f} [{difference.low:+.3f}, {difference.high:+.3f}], p = {p_value:.3g}"
