@@ -358,15 +358,43 @@ def test_train_lung_attention_runs_one_epoch_on_phantoms(tmp_path):
 
 
 @pytest.mark.slow
-def test_smallest_run_names_protocol_measure_cam_target_and_schedule_in_its_setup(tmp_path):
-    "The notebook's setup line carries the four authors'-or-alternative choices even at their defaults."
+def test_smallest_phantom_run_is_a_measurable_shortcut_experiment_with_a_verdict(tmp_path):
+    "At its smallest setting the phantom profile stores the primary claim with a verdict, its baseline learnt (the frozen rule), and the setup names the four choices."
     import json
+    from cxr_notebooks.eval.claims import VERDICTS
     from cxr_notebooks.reproduce.runner import repro_notebooks, run_reproduction
     run_reproduction('000', tmp_path, repro_notebooks()['000'].smallest, html=False, progress=False)
     rec = json.loads((tmp_path / 'metrics.json').read_text())
     for k in ('protocol=authors', 'attention_measure=coverage', 'cam_target=predicted', 'schedule=authors'): assert k in rec['setup']
     assert rec['data']['protocol'] == 'authors' and rec['data']['shared_patients'] == []
     assert {'coverage', 'share', 'in_prior'} <= set(rec['results']['attention'][0])
+    claim, shortcut = rec['results']['claim'], rec['results']['shortcut']
+    assert claim['verdict'] in VERDICTS and claim['baseline'] == 'λ = 1 (cross-entropy)' and 'differentiable' in claim['method']
+    base = next(m for m in shortcut['models'] if m['lam'] == '1')
+    assert shortcut['learnt'] and base['val_auc_low'] > 0.5, shortcut['rule']   # the baseline learnt: the experiment can measure
+    assert claim['verdict'] != 'not measurable at this budget' and claim['difference']['low'] is not None
+    assert rec['headline']['low'] == claim['difference']['low'] and 'marker-independent' in rec['headline']['metric']
+
+
+def test_marker_outside_the_lungs_at_the_designed_rates_and_independent_in_test(tmp_path):
+    "The shortcut phantom's marker: white square outside every lung mask, exact counts per part and class, the same share of both test classes."
+    parts = la.phantom_task_split(tmp_path / 'ph', 'effusion', 160, 48, seed=3)
+    marked = la.with_marker(parts, la.task_classes('effusion'), tmp_path / 'marked', seed=3)
+    x0, y0, x1, y1 = la.marker_square(48)
+    assert (x0, y0, x1 - x0) == (2, 2, 5)
+    for part, t in marked.items():
+        pos = t['Effusion'].to_numpy() == 1
+        for cls, rate in zip((True, False), la.MARKER_RATES[part]):
+            assert t['marker'][pos == cls].sum() == round(rate * (pos == cls).sum()), (part, cls)
+        for path, mask, on in zip(t['path'], t['mask_path'], t['marker']):
+            img, lung = read_image(path), read_image(mask) > 127
+            assert not lung[y0:y1, x0:x1].any() and bool((img[y0:y1, x0:x1] == 255).all()) == bool(on)
+        assert t['mask_path'].tolist() == parts[part]['mask_path'].tolist()   # the phantom's own lung masks
+    test = marked['test']; pos = test['Effusion'] == 1
+    assert abs(test['marker'][pos].mean() - test['marker'][~pos].mean()) <= 1 / min(pos.sum(), (~pos).sum())   # independent up to rounding
+    assert la.MARKER_RATES == {'train': (0.85, 0.10), 'val': (0.85, 0.10), 'test': (0.5, 0.5)}              # the pre-registered rates
+    with pytest.raises(CXRDataError, match='outside the lungs'): la.stamp_marker(np.zeros((48, 48), np.uint8), np.ones((48, 48), np.uint8))
+    with pytest.raises(ValueError, match='part'): la.with_marker({'holdout': parts['test']}, la.task_classes('effusion'), tmp_path / 'm2')
 
 
 def test_run_settings_train_lambda_one_once_and_stop_on_bad_values():

@@ -31,13 +31,15 @@ from ..viz.plots import plot_cam_grid
 
 # %% auto #0
 __all__ = ['PAPER', 'PROFILES', 'TASKS', 'TASK_LABELS', 'PAPER_MODELS', 'SWEEP_TABLES', 'LAMBDAS', 'NIH_PROTOCOLS',
-           'AUTHORS_SWAPS', 'CAM_TARGETS', 'SCHEDULES', 'SEED000_TABLE_METRICS', 'PRIOR_MEASURES', 'PAPER_SETTINGS',
-           'CHOICES', 'task_classes', 'parse_lambdas', 'prior_region', 'lung_boxes', 'image_finding',
-           'with_prior_masks', 'shared_patients', 'nih_task_split', 'task_summary', 'phantom_task_split',
-           'byo_task_split', 'check_cam_target', 'AttentionStep', 'val_accuracy', 'train_lung_attention', 'eval_loader',
-           'predict_probs', 'cam_in_prior', 'seed000_scores', 'seed000_too_few', 'toy_test_note', 'seed000_table',
-           'seed000_headline', 'validation_threshold', 'run_settings', 'train_and_evaluate', 'sweep_table',
-           'plot_priors', 'plot_in_prior', 'reading', 'cam_grid', 'table_consistency']
+           'AUTHORS_SWAPS', 'MARKER_RATES', 'CAM_TARGETS', 'SCHEDULES', 'SEED000_TABLE_METRICS', 'PRIOR_MEASURES',
+           'PAPER_SETTINGS', 'SHORTCUT_CLAIM', 'PUBLISHED_CLAIM', 'SHORTCUT_METRIC', 'CHOICES', 'task_classes',
+           'parse_lambdas', 'prior_region', 'lung_boxes', 'image_finding', 'with_prior_masks', 'shared_patients',
+           'nih_task_split', 'task_summary', 'phantom_task_split', 'byo_task_split', 'marker_square', 'stamp_marker',
+           'marker_draw', 'with_marker', 'check_cam_target', 'AttentionStep', 'val_accuracy', 'train_lung_attention',
+           'eval_loader', 'predict_probs', 'cam_in_prior', 'seed000_scores', 'seed000_too_few', 'toy_test_note',
+           'seed000_table', 'seed000_headline', 'validation_threshold', 'run_settings', 'train_and_evaluate',
+           'sweep_table', 'plot_priors', 'plot_in_prior', 'reading', 'cam_grid', 'shortcut_claims', 'shortcut_headline',
+           'shortcut_reading', 'table_consistency']
 
 # %% ../../nbs/methods/81_lung_attention.ipynb #24aa5942
 PAPER: dict = dict(seed='000', source='000_b327a660d03fbc7d.txt',
@@ -48,8 +50,8 @@ PAPER: dict = dict(seed='000', source='000_b327a660d03fbc7d.txt',
                                      note='supplementary material: metrics and Tables I-IX; code: rcorizzo/cxr-segmentation-attention'))
 
 PROFILES: dict[str, dict] = {
-    'phantom': dict(backbone='mobilenetv2_100', cam_layer='blocks[2]', image_size=64, epochs=6, batch_size=16, lr=3e-4,
-                    n_images=240, lam='all', variant='both', n_bootstrap=200, pretrained=False, on_missing_weights='warn'),
+    'phantom': dict(backbone='mobilenetv2_100', cam_layer='blocks[2]', image_size=64, epochs=8, batch_size=16, lr=1e-3,   # the shortcut
+                    n_images=320, lam='1,0.5', variant='both', n_bootstrap=500, pretrained=False, on_missing_weights='warn'),  # experiment's budget
     'smoke':   dict(backbone='resnet50', cam_layer=None, image_size=128, epochs=3, batch_size=8, lr=1e-4, n_images=None,
                     lam='1,0.5', variant='both', n_bootstrap=200, pretrained=True, on_missing_weights='warn'),
     'full':    dict(backbone='pvt_v2_b2_li', cam_layer=None, image_size=224, epochs=100, batch_size=32, lr=1e-5, n_images=None,
@@ -318,6 +320,51 @@ def byo_task_split(root: str | Path, task: str, patient_from_name: str | Callabl
     check_patient_disjoint(parts)
     return parts
 
+# %% ../../nbs/methods/81_lung_attention.ipynb #4b8cfdbb
+#: part -> (share of its positives, share of its negatives) stamped with the marker: the pre-registered design
+MARKER_RATES: dict[str, tuple[float, float]] = {'train': (0.85, 0.10), 'val': (0.85, 0.10), 'test': (0.5, 0.5)}
+
+def marker_square(size: int) -> tuple[int, int, int, int]:
+    "The marker's (x0, y0, x1, y1), exclusive max, in a `size` px image: a square of side max(3, round(0.1 size)), 2 px from the top-left corner."
+    s = max(3, round(0.1 * size))
+    return 2, 2, 2 + s, 2 + s
+
+def stamp_marker(image: np.ndarray, lung_mask: np.ndarray, on: bool = True) -> np.ndarray:
+    "A copy of the uint8 `image`, with the white marker square if `on`; `CXRDataError` if the square touches `lung_mask` (checked either way)."
+    x0, y0, x1, y1 = marker_square(image.shape[0])
+    if np.asarray(lung_mask)[y0:y1, x0:x1].any(): raise CXRDataError(f"the marker square {(x0, y0, x1, y1)} touches the lung mask: it must lie outside the lungs")
+    out = np.array(image, copy=True)
+    if on: out[y0:y1, x0:x1] = 255
+    return out
+
+def marker_draw(positive: np.ndarray, rates: tuple[float, float], seed: int | Sequence[int] = 0) -> np.ndarray:
+    "0/1 marker per image: exactly round(rate · n) of the positives and of the negatives (`rates`), drawn without replacement."
+    if not all(0 <= r <= 1 for r in rates): raise ValueError(f"rates={rates!r}: expected (positives, negatives) shares in [0, 1]")
+    rng, pos = np.random.default_rng(seed), np.asarray(positive).astype(bool)
+    m = np.zeros(len(pos), np.uint8)
+    for cls, rate in ((True, rates[0]), (False, rates[1])):
+        idx = np.flatnonzero(pos == cls)
+        m[rng.choice(idx, int(round(rate * len(idx))), replace=False)] = 1
+    return m
+
+def with_marker(parts: Mapping[str, pd.DataFrame], # train/val/test tables with `path`, lung `mask_path` and class columns
+                classes: Sequence[str], # task classes, No Finding first
+                root: str | Path, # the marked images are written under root/<part>/
+                seed: int = 0, # the draw of the marked images
+                rates: Mapping[str, tuple[float, float]] = MARKER_RATES, # part -> (positives, negatives) with the marker
+               ) -> dict[str, pd.DataFrame]:
+    "`parts` with the spurious marker stamped per `rates` (images rewritten under `root`, `path` pointing at them) and a 0/1 `marker` column."
+    out = {}
+    for k, (part, t) in enumerate(parts.items()):
+        if part not in rates: raise ValueError(f"part {part!r} has no marker rates; expected one of {', '.join(rates)}")
+        m = marker_draw(t[list(classes[1:])].to_numpy(float).max(1) == 1, rates[part], [seed, k])
+        folder = Path(root) / part; folder.mkdir(parents=True, exist_ok=True)
+        paths = [str(folder / Path(p).name) for p in t['path']]
+        for src, lung, dst, on in zip(t['path'], t['mask_path'], paths, m):
+            cv2.imwrite(dst, stamp_marker(read_image(src), read_image(lung) > 127, bool(on)))
+        out[part] = t.assign(path=paths, marker=m)
+    return out
+
 # %% ../../nbs/methods/81_lung_attention.ipynb #552eeced
 CAM_TARGETS: tuple[str, ...] = ('predicted', 'true')
 
@@ -510,7 +557,7 @@ def train_and_evaluate(lam: str, # a λ name ('1', '0.5', 'adaptive', ...)
                        cfg: SimpleNamespace, # the run's settings: threshold, temperature, attention_measure, backbone, image_size, batch_size, epochs, lr, cam_layer, cam_target, schedule, pretrained, weights, on_missing_weights, seed, num_workers, n_bootstrap
                        device: str | None = None, # default: CUDA when available
                       ) -> dict:
-    "Train one setting, then its test metrics (CIs), its threshold and its Grad-CAM against the prior (each `PRIOR_MEASURES` with a CI)."
+    "Train one setting, then its test metrics (CIs), its threshold, its Grad-CAM against the prior (each `PRIOR_MEASURES` with a CI) and its val/test probabilities."
     name = f'lambda{lam}' + ('' if variant == 'none' else f'_{variant}')
     out = Path(out_dir) / name
     loss_fn = AttentionLoss(lam, 'published' if variant == 'none' else variant, cfg.threshold, cfg.temperature, cfg.attention_measure)
@@ -532,6 +579,7 @@ def train_and_evaluate(lam: str, # a λ name ('1', '0.5', 'adaptive', ...)
                   **{f'p_{c}': p['test'][:, k] for k, c in enumerate(classes)}}).to_csv(out / 'test_predictions.csv', index=False)
     metrics.to_csv(out / 'test_metrics.csv', index=False); cams.to_csv(out / 'test_cams.csv', index=False)
     return dict(setting=name, lam=lam, variant=variant, threshold=thr, model=model, history=res.history, metrics=metrics, cams=cams, note=note,
+                val_probs=p['val'], test_probs=p['test'],
                 epochs_run=len(res.history), **{c: v.value for c, v in ci.items()}, **{f'{c}_low': v.low for c, v in ci.items()},
                 **{f'{c}_high': v.high for c, v in ci.items()})
 
@@ -621,6 +669,80 @@ def cam_grid(result: dict, # one `train_and_evaluate` result
                          [f"{f}: {cfg.attention_measure} {share.get(i, np.nan):.2f}" for f, i in zip(pos['finding'], pos['image'])],
                          boxes=[np.array([b]) for b in pos['lung_box']], path=path)
 
+
+# %% ../../nbs/methods/81_lung_attention.ipynb #28b8cea5
+from ..eval.claims import ClaimResult, claim_verdict, delong_difference
+from ..metrics.classification import ci_text
+
+#: the claims of the shortcut phantom, as the paper would state them, and their metric
+SHORTCUT_CLAIM = ("attention guidance into the lung prior (differentiable term) resists a spurious marker outside the lungs: "
+                  "a higher test AUC than plain cross-entropy (λ = 1) on marker-independent images")
+PUBLISHED_CLAIM = ("the published (gradient-free) attention term raises the test AUC over λ = 1 on marker-independent images "
+                   "(predicted from its exactly-zero gradient: it does not, it behaves as λ = 1)")
+SHORTCUT_METRIC = 'test AUC on marker-independent phantoms (paired DeLong difference)'
+
+def _auc_row(r: dict, y_val: np.ndarray, groups: np.ndarray, n_bootstrap: int, seed: int) -> dict:
+    "One model's test AUC (its bootstrap CI), validation AUC (bootstrap CI) and in-prior measures (CIs) for the shortcut table."
+    t, v = r['metrics'].set_index('metric').loc['auc'], bootstrap_ci(y_val == 1, r['val_probs'][:, 1], 'auroc', n_bootstrap, seed, groups)
+    return dict(setting=r['setting'], lam=r['lam'], variant=r['variant'], test_auc=t['value'], test_auc_low=t['low'], test_auc_high=t['high'],
+                test_note=r.get('note'), val_auc=v.value, val_auc_low=v.low, val_auc_high=v.high, val_note=v.note,
+                **{f'{c}{s}': r[f'{c}{s}'] for c in ATTENTION_MEASURES for s in ('', '_low', '_high')})
+
+def _paired_claim(claim: str, r: dict, base: dict, row: pd.Series, base_ci: CI, y_test: np.ndarray, alpha: float) -> ClaimResult:
+    "`claim_verdict` of setting `r` against λ = 1 on the test part (DeLong); measurability was decided on validation (chance=0 here)."
+    d, p = delong_difference(y_test == 1, r['test_probs'][:, 1], base['test_probs'][:, 1])
+    return claim_verdict(claim, SHORTCUT_METRIC, 'λ = 1 (cross-entropy)', f"λ = {r['lam']} {r['variant']}", base_ci,
+                         CI(row.test_auc, row.test_auc_low, row.test_auc_high, 0, row.test_note), d, p, chance=0.0, alpha=alpha)
+
+def shortcut_claims(results: Sequence[dict], # `train_and_evaluate` results on the marked parts: λ = 1 and λ ≠ 1 settings
+                    parts: Mapping[str, pd.DataFrame], # the marked train/val/test parts (`with_marker`)
+                    classes: Sequence[str], # the task's two classes, No Finding first
+                    n_bootstrap: int = 1000, # resamples of the validation AUC CIs
+                    seed: int = 0, # bootstrap seed
+                    alpha: float = 0.05, # the level of the paired tests
+                   ) -> dict:
+    "The pre-registered analysis of the shortcut phantom: measurability, the primary and the published claims, and every model's AUCs and in-prior measures with CIs."
+    base = next((r for r in results if r['lam'] == '1'), None)
+    if base is None or len(classes) != 2: raise ValueError("the shortcut analysis needs a binary task and a λ = 1 run (e.g. lam='1,0.5')")
+    y = {k: parts[k][list(classes)].to_numpy().argmax(1) for k in ('val', 'test')}
+    table = pd.DataFrame([_auc_row(r, y['val'], parts['val']['patient_id'].to_numpy(), n_bootstrap, seed) for r in results])
+    rows = {r['setting']: table.iloc[i] for i, r in enumerate(results)}
+    b = rows[base['setting']]
+    learnt = bool(np.isfinite(b.val_auc_low) and b.val_auc_low > 0.5)
+    rule = (f"λ = 1 AUC on the marker-consistent validation part {ci_text(b.val_auc, b.val_auc_low, b.val_auc_high, b.val_note)}: "
+            + ('its CI is above 0.5, the experiment can measure' if learnt else 'no CI above 0.5, the baseline learnt nothing measurable'))
+    base_ci = CI(b.test_auc, b.test_auc_low, b.test_auc_high, 0, b.test_note) if learnt else CI(b.test_auc, np.nan, np.nan, 0, f'not measurable: {rule}')
+    pick = lambda v: next((r for r in results if r['lam'] != '1' and r['variant'] == v), None)
+    claims = {k: None if (r := pick(v)) is None else _paired_claim(c, r, base, rows[r['setting']], base_ci, y['test'], alpha)
+              for k, v, c in (('primary', 'differentiable', SHORTCUT_CLAIM), ('published', 'published', PUBLISHED_CLAIM))}
+    gap = None if (p := pick('published')) is None else float(np.abs(p['test_probs'][:, 1] - base['test_probs'][:, 1]).max())
+    return dict(**claims, learnt=learnt, rule=rule, table=table, published_max_prob_gap=gap)
+
+def shortcut_headline(claims: dict) -> dict:
+    "The headline of the shortcut experiment: the primary paired difference with its CI, or no number and the verdict's reason."
+    c: ClaimResult = claims['primary']
+    if c is None: return dict(metric='test AUC difference (no differentiable run)', value=None, low=None, high=None, note='no differentiable setting in this run')
+    d, ok = c.difference, c.verdict != 'not measurable at this budget'
+    return dict(metric=f"test AUC {c.method} − {c.baseline}, marker-independent phantoms (DeLong)", value=float(d.value),
+                low=float(d.low) if ok else None, high=float(d.high) if ok else None, note=None if ok else c.reason)
+
+def shortcut_reading(claims: dict, setup: str) -> str:
+    "Markdown lines of the shortcut experiment, each from its numbers: measurability, every model with CIs, the verdicts and the published prediction."
+    t = claims['table']
+    lines = [f"**Shortcut phantom** ({setup}).", f"- **Can it measure?** {claims['rule']}."]
+    lines += [f"- {r.setting}: test AUC {ci_text(r.test_auc, r.test_auc_low, r.test_auc_high, r.test_note)}; validation AUC "
+              f"{ci_text(r.val_auc, r.val_auc_low, r.val_auc_high, r.val_note)}; share in prior {ci_text(r.share, r.share_low, r.share_high)}; "
+              f"coverage {ci_text(r.coverage, r.coverage_low, r.coverage_high)}" for r in t.itertuples()]
+    if claims['learnt'] and not (t['test_auc_low'] > 0.5).any():
+        lines.append("- No model's test AUC CI is above 0.5: at this budget no loss learnt the lesion on marker-independent images.")
+    for k, c in (('primary', claims['primary']), ('published', claims['published'])):
+        if c is not None: lines.append(f"- **Verdict ({k}: {c.method} vs {c.baseline}): {c.verdict}** — {c.reason}.")
+    c = claims['published']
+    if c is not None and c.verdict != 'not measurable at this budget':
+        holds = c.verdict == 'not supported' and c.difference.low <= 0 <= c.difference.high
+        lines.append(f"- Prediction for the published term (behaves as λ = 1): **{'holds' if holds else 'does not hold'}**; "
+                     f"largest |Δp| between the two models' test probabilities {claims['published_max_prob_gap']:.3g}.")
+    return '\n'.join(lines)
 
 # %% ../../nbs/methods/81_lung_attention.ipynb #4552a2ef
 def table_consistency(ref: pd.DataFrame) -> pd.DataFrame:
