@@ -69,7 +69,7 @@ def test_seed000_nih_tasks_from_a_kaggle_layout(tmp_path, nih_download, task, cl
     # the 646 images hold a few single-label images of each task (3class: no Effusion in the test part): too few to measure, no headline
     rec = _full_run('000', tmp_path, {**TINY_000, 'data_root': str(nih_download), 'task': task}, measured=False)
     assert 'toy test part' in rec['setup'] and '-p profile phantom' in rec['setup']
-    assert f'NIH ChestX-ray14 at {nih_download}' in rec['data']['name'] and rec['data']['name'].endswith(f'task {task}')
+    assert f'NIH ChestX-ray14 at {nih_download}' in rec['data']['name'] and f', task {task}; toy test part' in rec['data']['name']
     summary = pd.read_csv(tmp_path / 'data_summary.csv', index_col=0)   # classes x parts, from the download's single-label rows
     assert list(summary.index[:len(classes)]) == classes and (summary.loc[classes].sum(axis=1) > 0).all()
     assert (summary.loc[classes, 'test'] == 0).any() == (task == '3class')

@@ -183,10 +183,10 @@ def write_report(grid_dir: str | Path, roc_run: str | None = None, out_dir: str 
     status, summary = read_grid_status(grid_dir), grid_summary(grid_dir)
     runs = {r['name']: r for r in status['runs']}
     records = {n: _record(r) for n, r in runs.items()}
-    finished = summary[summary['value'].notna()]
+    finished = summary[summary['status'].isin(['done', 'skipped'])]
     pred_files, missing = prediction_files(grid_dir)
-    with_preds = finished[finished['run'].isin(pred_files)]
-    roc_run = roc_run or (with_preds.loc[with_preds['value'].idxmax(), 'run'] if len(with_preds) else None)   # the best run with predictions
+    with_preds = finished[finished['run'].isin(pred_files)].sort_values('value', ascending=False, na_position='last', kind='stable')
+    roc_run = roc_run or (with_preds['run'].iloc[0] if len(with_preds) else None)   # the best run with predictions (any, when none has a headline)
     if roc_run is not None and not records.get(roc_run):
         raise ValueError(f"roc_run={roc_run!r} is not a finished run of this grid; finished: {', '.join(finished['run']) or 'none'}")
     out = Path(out_dir or grid_dir / 'report'); out.mkdir(parents=True, exist_ok=True)
