@@ -113,13 +113,13 @@ def notebook_output_problems(notebook, allow: str | None = None) -> list[str]:
 
 
 def check_headline(h: dict, measured: bool | None = None) -> None:
-    """Issue 17: a record's headline is either measured (a value inside its CI, no note) or too few to measure (no value,
-    no CI, the note saying so); `measured` True/False says which one the test's data must give (None: either, consistently)."""
+    """Issue 17: a record's headline is either measured (a value inside its CI, no note) or not measurable (no value,
+    no CI, the note saying why: too few to measure, or a controlled experiment's baseline that did not learn); `measured` True/False says which one the test's data must give (None: either, consistently)."""
     import math
     missing = lambda v: v is None or (isinstance(v, float) and math.isnan(v))
     if h.get('note'):
         assert measured is not True, f"expected a measured headline, got: {h['note']}"
-        assert 'too few to measure' in h['note'] and all(missing(h.get(k)) for k in ('value', 'low', 'high')), h
+        assert any(w in h['note'] for w in ('too few to measure', 'not measurable')) and all(missing(h.get(k)) for k in ('value', 'low', 'high')), h
     else:
         assert measured is not False, f"expected no headline (too few to measure), got {h}"
         assert h['low'] <= h['value'] <= h['high'], h

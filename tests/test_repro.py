@@ -161,7 +161,7 @@ def test_misspelt_parameter_is_refused_before_running(tmp_path, capsys):
 
 def test_bad_profile_unknown_notebook_and_out_file_are_short_errors(tmp_path, capsys):
     "Defect: `-p profile smok`, `run 003` and an `--out` that names a file gave bare tracebacks."
-    assert "parameter profile: expected one of smoke, full, got 'smok'" in _cli_error(capsys, 'run', '002', '--out', str(tmp_path), '-p', 'profile', 'smok')
+    assert "parameter profile: expected one of smoke, full, phantom, got 'smok'" in _cli_error(capsys, 'run', '002', '--out', str(tmp_path), '-p', 'profile', 'smok')
     err = _cli_error(capsys, 'run', '099', '--out', str(tmp_path))
     assert "no reproduction notebook for '099'; known: " in err and '002 (Nugroho' in err
     f = tmp_path / 'afile'; f.write_text('x')

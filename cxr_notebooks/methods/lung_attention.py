@@ -723,7 +723,7 @@ def shortcut_headline(claims: dict) -> dict:
     c: ClaimResult = claims['primary']
     if c is None: return dict(metric='test AUC difference (no differentiable run)', value=None, low=None, high=None, note='no differentiable setting in this run')
     d, ok = c.difference, c.verdict != 'not measurable at this budget'
-    return dict(metric=f"test AUC {c.method} − {c.baseline}, marker-independent phantoms (DeLong)", value=float(d.value),
+    return dict(metric=f"test AUC {c.method} − {c.baseline}, marker-independent phantoms (DeLong)", value=float(d.value) if ok else None,
                 low=float(d.low) if ok else None, high=float(d.high) if ok else None, note=None if ok else c.reason)
 
 def shortcut_reading(claims: dict, setup: str) -> str:
