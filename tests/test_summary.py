@@ -51,7 +51,7 @@ def test_a_toy_run_and_a_missing_experiment_say_so(tmp_path):
 @pytest.mark.slow
 def test_summary_page_in_chromium(smoke_grid, chromium, tmp_path, capsys):
     "A real seed 002 smoke run (kept, not re-run) and a phantom record with its claim: the page shows both, self-contained."
-    done = next(r for r in read_grid_status(smoke_grid.out)['runs'] if r['status'] == 'done')
+    done = next(r for r in read_grid_status(smoke_grid.out)['runs'] if r['status'] in ('done', 'skipped'))
     shutil.copytree(smoke_grid.out / done['name'], S.summary_folder(tmp_path, '002', 'smoke'))
     claim = claim_verdict('guidance resists a shortcut', 'test AUROC', 'lambda=1', 'guided', CI(0.62, 0.51, 0.72), CI(0.7, 0.6, 0.8),
                           CI(0.08, -0.01, 0.17), 0.08)
